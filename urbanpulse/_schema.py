@@ -39,7 +39,9 @@ class Kind(enum.IntEnum):
         try:
             return cls[text.upper()]
         except KeyError:
-            raise ValueError(f"unknown sensor kind {text!r} (expected 'air' or 'traffic')") from None
+            raise ValueError(
+                f"unknown sensor kind {text!r} (expected 'air' or 'traffic')"
+            ) from None
 
 
 class Metric(enum.IntEnum):
