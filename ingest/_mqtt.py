@@ -145,6 +145,10 @@ class MqttClient:
         self._stopping = asyncio.Event()
         self.stats = MqttStats()
 
+    def set_handler(self, on_message: MessageHandler) -> None:
+        """Set the per-message callback (before ``run``)."""
+        self._on_message = on_message
+
     @property
     def client_id(self) -> str:
         return self._client_id

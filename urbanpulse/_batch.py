@@ -56,7 +56,7 @@ class SeriesRegistry:
     def key(self, sid: int) -> SeriesKey:
         return self._keys[sid]
 
-    def keys(self) -> list[SeriesKey]:
+    def all_keys(self) -> list[SeriesKey]:
         """All keys, indexed by series id (a copy)."""
         return list(self._keys)
 

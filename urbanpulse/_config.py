@@ -230,6 +230,11 @@ class Settings(BaseSettings):
     output: OutputSettings = OutputSettings()
     sim: SimSettings = SimSettings()
     log: LogSettings = LogSettings()
+    #: Open windows and the series registry are checkpointed here on a clean
+    #: stop and restored on start; empty to keep no state.
+    state_dir: Path | None = Path("var/state")
+    #: Bound on a graceful stop (drain, flush, checkpoint) after SIGTERM/SIGINT.
+    shutdown_timeout_s: float = Field(30.0, gt=0)
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,324 @@
+"""The ``urbanpulse`` command: run, demo, sim, config check."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from urbanpulse._config import MqttSettings, Settings, load_settings, masked_dump
+from urbanpulse._errors import UrbanPulseError
+from urbanpulse._log import setup_logging
+
+__all__ = ["main"]
+
+log = logging.getLogger("urbanpulse")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="urbanpulse",
+        description="Smart-city sensor ingestion: MQTT -> validated columns -> "
+        "windowed aggregates -> InfluxDB.",
+    )
+    p.add_argument(
+        "-c", "--config", type=Path, help="TOML config file (env URBANPULSE_* overrides it)"
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("run", help="the production pipeline against the configured broker and output")
+
+    demo = sub.add_parser(
+        "demo",
+        help="embedded broker + simulator + pipeline, no external services needed",
+    )
+    demo.add_argument("--duration", type=float, help="stop after this many seconds")
+    demo.add_argument("--speed", type=float, default=60.0, help="event-time speed-up (60)")
+    demo.add_argument("--n-air", type=int, help="air sensors (default from config: 50)")
+    demo.add_argument("--n-traffic", type=int, help="traffic stations (default: 20)")
+    demo.add_argument("--out", type=Path, default=Path("var/demo"), help="demo output folder")
+
+    sim = sub.add_parser("sim", help="publish simulated sensors to the configured broker")
+    sim.add_argument("--host")
+    sim.add_argument("--port", type=int)
+    sim.add_argument("--seed", type=int)
+    sim.add_argument("--n-air", type=int)
+    sim.add_argument("--n-traffic", type=int)
+    sim.add_argument("--rate", type=float, help="messages/s (default: realistic intervals)")
+    sim.add_argument("--speed", type=float, help="event-time speed-up")
+    sim.add_argument("--count", type=int, help="stop after this many messages")
+    sim.add_argument("--duration", type=float, help="stop after this many seconds")
+    sim.add_argument("--qos", type=int, choices=(0, 1))
+    sim.add_argument("--ts-format", choices=("epoch_s", "iso"))
+    sim.add_argument("--quiet", action="store_true", help="no progress line")
+
+    cfg = sub.add_parser("config", help="configuration tools")
+    cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
+    check = cfg_sub.add_parser("check", help="validate a config file, print effective settings")
+    check.add_argument("file", type=Path)
+    return p
+
+
+def _install_signals(stop: Any) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop)
+
+
+# -- run ---------------------------------------------------------------------------------
+async def _run(settings: Settings) -> int:
+    from urbanpulse._app import build_pipeline
+
+    pipeline = build_pipeline(settings)
+    _install_signals(pipeline.request_stop)
+    log.info(
+        "urbanpulse running",
+        extra={
+            "broker": f"{settings.mqtt.host}:{settings.mqtt.port}",
+            "subscription": pipeline.pattern.subscription,
+            "output": settings.output.kind,
+        },
+    )
+    await pipeline.run()
+    return 0
+
+
+# -- sim ---------------------------------------------------------------------------------
+def _progress_printer(quiet: bool) -> Any:
+    if quiet:
+        return None
+
+    def show(p: Any) -> None:
+        sys.stderr.write(
+            f"\rsim: {p.sent:>10,} sent  {p.rate_per_s:>9,.0f} msg/s now  "
+            f"{p.mean_rate_per_s:>9,.0f} msg/s mean  {p.elapsed_s:>7.1f} s"
+        )
+        sys.stderr.flush()
+
+    return show
+
+
+async def _sim(settings: Settings, args: argparse.Namespace) -> int:
+    from ingest._mqtt import MqttClient
+    from sim._runner import run_simulation
+    from urbanpulse._app import MqttPublisher, mqtt_options, sim_options
+    from urbanpulse._clock import SystemClock
+
+    opts = sim_options(settings, count=args.count, duration_s=args.duration)
+    client = MqttClient(mqtt_options(settings.mqtt, client_id=""))
+    task = asyncio.create_task(client.run())
+    stop = asyncio.Event()
+    _install_signals(stop.set)
+    try:
+        await client.wait_connected(settings.mqtt.reconnect_max_s + 10)
+        stats = await run_simulation(
+            opts, MqttPublisher(client), SystemClock(), _progress_printer(args.quiet), stop=stop
+        )
+    finally:
+        await client.stop()
+        await task
+    if not args.quiet:
+        sys.stderr.write("\n")
+    print(
+        json.dumps(
+            {
+                "sent": stats.sent,
+                "duration_s": round(stats.duration_s, 3),
+                "rate_per_s": round(stats.rate_per_s, 1),
+                "target_rate_per_s": round(stats.target_rate_per_s, 1),
+            }
+        )
+    )
+    return 0
+
+
+def _sim_overrides(settings: Settings, args: argparse.Namespace) -> Settings:
+    sim = settings.sim.model_copy(
+        update={
+            k: v
+            for k, v in {
+                "seed": args.seed,
+                "n_air": args.n_air,
+                "n_traffic": args.n_traffic,
+                "rate_per_s": args.rate,
+                "speed": args.speed,
+                "qos": args.qos,
+                "ts_format": args.ts_format,
+            }.items()
+            if v is not None
+        }
+    )
+    mqtt = settings.mqtt.model_copy(
+        update={k: v for k, v in {"host": args.host, "port": args.port}.items() if v is not None}
+    )
+    return settings.model_copy(update={"sim": sim, "mqtt": mqtt})
+
+
+# -- demo --------------------------------------------------------------------------------
+async def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    from amqtt.broker import Broker
+    from amqtt.contexts import BrokerConfig, ListenerConfig
+
+    from ingest._mqtt import MqttClient
+    from sim._runner import run_simulation
+    from urbanpulse._app import (
+        MqttPublisher,
+        build_pipeline,
+        free_port,
+        make_writer,
+        mqtt_options,
+        sim_options,
+    )
+    from urbanpulse._clock import SystemClock
+
+    port = free_port()
+    broker = Broker(
+        BrokerConfig(
+            listeners={"default": ListenerConfig(bind=f"127.0.0.1:{port}")},
+            plugins={"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        )
+    )
+    await broker.start()
+    mqtt = MqttSettings(
+        host="127.0.0.1",
+        port=port,
+        protocol="3.1.1",
+        topic_pattern=settings.mqtt.topic_pattern,
+        deadletter_prefix=settings.mqtt.deadletter_prefix,
+    )
+    sim = settings.sim.model_copy(
+        update={
+            k: v
+            for k, v in {"n_air": args.n_air, "n_traffic": args.n_traffic}.items()
+            if v is not None
+        }
+        | {"speed": args.speed}
+    )
+    out_dir: Path = args.out
+    external = settings.output.kind in ("influx1", "influx2")
+    files_dir = out_dir / "lineprotocol"
+    writer = (
+        make_writer(settings.output)
+        if external
+        else make_writer(settings.output.model_copy(update={"kind": "files"}), files_dir=files_dir)
+    )
+    settings = settings.model_copy(
+        update={"mqtt": mqtt, "sim": sim, "state_dir": out_dir / "state"}
+    )
+    pipeline = build_pipeline(settings, writer=writer)
+    # Event time starts a day back so that a fast replay stays behind the clock
+    # (readings from the future are refused by the clock-skew policy).
+    day_ns = 86_400 * 10**9
+    start_ns = time.time_ns() - day_ns
+    duration_s = args.duration if args.duration else day_ns / 1e9 / sim.speed
+    sim_opts = sim_options(settings, duration_s=duration_s, start_ns=start_ns)
+    publisher_client = MqttClient(mqtt_options(mqtt, client_id=""))
+
+    print(f"UrbanPulse demo: embedded MQTT broker (amqtt, MQTT 3.1.1) on 127.0.0.1:{port}")
+    print(f"  watch it:  mosquitto_sub -h 127.0.0.1 -p {port} -t 'urbanpulse/#' -v")
+    print(
+        f"  simulator: {sim.n_air} air sensors + {sim.n_traffic} traffic stations in "
+        f"{sim.city}, event time x{sim.speed:g} (starting 24 h ago)"
+    )
+    if external:
+        print(f"  output:    {settings.output.kind} ({_output_url(settings)})")
+    else:
+        print(f"  output:    line-protocol files in {files_dir}/ (no InfluxDB configured)")
+        print(
+            "  load them: influx write --bucket urbanpulse --precision ns "
+            f"--file {files_dir}/urbanpulse-000001.lp   (InfluxDB 2.x)"
+        )
+        print(
+            "         or curl -XPOST 'http://localhost:8086/write?db=urbanpulse&precision=ns' "
+            f"--data-binary @{files_dir}/urbanpulse-000001.lp   (1.x)"
+        )
+    print("  stop with Ctrl-C; everything buffered is flushed first.\n", flush=True)
+
+    stop = asyncio.Event()
+    _install_signals(stop.set)
+    pipe_task = asyncio.create_task(pipeline.run())
+    pub_task = asyncio.create_task(publisher_client.run())
+    sim_task: asyncio.Task[Any] | None = None
+    try:
+        assert pipeline.mqtt is not None
+        await pipeline.mqtt.wait_connected(10)
+        await publisher_client.wait_connected(10)
+        sim_task = asyncio.create_task(
+            run_simulation(sim_opts, MqttPublisher(publisher_client), SystemClock(), stop=stop)
+        )
+        while not stop.is_set() and not sim_task.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 5.0)
+            _print_demo_status(pipeline.snapshot_stats())
+        stop.set()
+        if sim_task is not None:
+            await sim_task
+        await publisher_client.stop()
+        await pub_task
+        await asyncio.sleep(0.5)  # let the broker hand over what is in flight
+    finally:
+        pipeline.request_stop()
+        await pipe_task
+        await broker.shutdown()
+    _print_demo_status(pipeline.snapshot_stats())
+    where = _output_url(settings) if external else f"{files_dir}/"
+    print(f"done. Points are in {where}")
+    return 0
+
+
+def _output_url(settings: Settings) -> str:
+    o = settings.output
+    return o.influx2.url if o.kind == "influx2" else o.influx1.url
+
+
+def _print_demo_status(stats: dict[str, Any]) -> None:
+    dead = sum(stats["dead_letters"].values())
+    aggs = ", ".join(f"{k}: {v}" for k, v in stats["aggregates"].items()) or "none yet"
+    print(
+        f"received {stats['received']:,}  readings {stats['readings']:,}  "
+        f"points written {stats['points_written']:,}  windows closed ({aggs})  "
+        f"dead letters {dead}  series {stats['series']}",
+        flush=True,
+    )
+
+
+# -- config ------------------------------------------------------------------------------
+def _config_check(path: Path) -> int:
+    settings = load_settings(path)
+    print(json.dumps(masked_dump(settings), indent=2))
+    print(f"{path}: OK", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "config":
+            return _config_check(args.file)
+        settings = load_settings(args.config)
+        setup_logging(settings.log.level, settings.log.format)
+        if args.command == "run":
+            return asyncio.run(_run(settings))
+        if args.command == "sim":
+            return asyncio.run(_sim(_sim_overrides(settings, args), args))
+        if args.command == "demo":
+            return asyncio.run(_demo(settings, args))
+    except UrbanPulseError as exc:
+        print(f"urbanpulse: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 2  # pragma: no cover - argparse enforces a command
+
+
+if __name__ == "__main__":
+    sys.exit(main())
