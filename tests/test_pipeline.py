@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,7 @@ def _pipeline(state_dir: Path | None = None, writer: ListWriter | None = None) -
     return Pipeline(opts, writer=writer or ListWriter(), clock=ManualClock(CLOCK_NS))
 
 
-def _raw(*items: tuple[str, dict[str, object] | bytes]) -> RawBatch:
+def _raw(*items: tuple[str, Mapping[str, object] | bytes]) -> RawBatch:
     topics = [t for t, _ in items]
     payloads = [p if isinstance(p, bytes) else json.dumps(p).encode() for _, p in items]
     return RawBatch(topics, payloads, [CLOCK_NS] * len(items))
