@@ -181,7 +181,10 @@ def test_username_password_and_a_permanent_refusal(tmp_path: Path) -> None:
 def _make_certs(d: Path) -> tuple[Path, Path, Path]:
     ca_key, ca_crt = d / "ca.key", d / "ca.crt"
     key, csr, crt = d / "server.key", d / "server.csr", d / "server.crt"
-    run = lambda *a: subprocess.run(a, check=True, capture_output=True)  # noqa: E731
+
+    def run(*args: str) -> None:
+        subprocess.run(args, check=True, capture_output=True)
+
     run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
         "-subj", "/CN=UrbanPulse test CA", "-keyout", str(ca_key), "-out", str(ca_crt))  # fmt: skip
     run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
