@@ -1,0 +1,363 @@
+"""Receive rate of the Python MQTT clients, next to the broker's own ceiling.
+
+    python bench/bench_mqtt_clients.py [--messages 300000] [--aiomqtt-messages 60000]
+                                       [--repeat 3] [--aiomqtt-repeat 1]
+
+Every client subscribes to ``urbanpulse/#`` at QoS 0 on the same private
+Mosquitto, then the raw-socket publisher (a separate process, bench/_load.py)
+pushes the same pre-encoded simulator messages as fast as the broker takes
+them. A client's rate is messages received / (first publish -> last message
+received), the same clock in both processes. The clients only count messages:
+
+* ``mosquitto_sub`` (C, libmosquitto) ``-C N`` writing to a file: the ceiling;
+* gmqtt through the project's ``MqttClient`` (MQTT 5, per-message callback);
+* paho-mqtt 2.x, threaded network loop (``loop_start``), ``on_message`` counting;
+* aiomqtt 2.x, ``async for message in client.messages`` (on fewer messages: it is slow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from _load import (
+    LoadPublisher,
+    PacketFile,
+    await_probe,
+    machine_info,
+    mosquitto_dropped,
+    print_table,
+    send_probe,
+    sim_messages,
+    start_mosquitto,
+    write_packets,
+)
+
+from ingest._mqtt import MqttClient, MqttOptions
+
+TOPIC_FILTER = "urbanpulse/#"
+#: Give up when nothing arrives for this long (messages were lost).
+STALL_S = 3.0
+
+
+class Counter:
+    """The per-message work every client does: count, note the first and last."""
+
+    __slots__ = ("done", "n", "t_first", "t_last", "target")
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.target = 0
+        self.t_first = 0.0
+        self.t_last = 0.0
+        self.done = asyncio.Event()
+
+    def arm(self, target: int) -> None:
+        self.n = 0
+        self.target = target
+        self.t_first = 0.0
+        self.t_last = 0.0
+        self.done.clear()
+
+    def add(self) -> None:
+        self.n += 1
+        if self.n == 1:
+            self.t_first = time.monotonic()
+        if self.n == self.target:
+            self.t_last = time.monotonic()
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    client: str
+    published: int
+    received: int
+    #: Seconds from the first publish to the last message received.
+    seconds: float
+    #: Seconds from the first to the last message received.
+    first_to_last_s: float
+    publisher_rate: float
+    #: CPU seconds of this (the receiving) process; NaN for mosquitto_sub.
+    cpu_s: float
+
+    @property
+    def rate(self) -> float:
+        return self.received / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def lost(self) -> int:
+        return self.published - self.received
+
+
+async def _wait_count(counter: Counter, target: int) -> None:
+    """Until ``target`` messages arrived, or nothing arrived for STALL_S."""
+    last_n, last_change = -1, time.monotonic()
+    while counter.n < target:
+        await asyncio.sleep(0.005)
+        if counter.n != last_n:
+            last_n, last_change = counter.n, time.monotonic()
+        elif time.monotonic() - last_change > STALL_S:
+            return
+    if counter.t_last == 0.0:
+        counter.t_last = time.monotonic()
+
+
+async def _measure(
+    name: str,
+    packets: PacketFile,
+    port: int,
+    counter: Counter,
+) -> Run:
+    """Probe, then publish ``packets`` and count them (the client is already subscribed)."""
+    await await_probe(port, lambda: counter.n)
+    await asyncio.sleep(0.05)
+    publisher = LoadPublisher(packets, port)
+    await publisher.astart()
+    counter.arm(packets.count)
+    cpu0 = time.process_time()
+    publisher.go()
+    await _wait_count(counter, packets.count)
+    cpu = time.process_time() - cpu0
+    if counter.n < packets.count:
+        counter.t_last = time.monotonic() - STALL_S
+    pub = await publisher.aresult()
+    return Run(
+        client=name,
+        published=pub.sent,
+        received=counter.n,
+        seconds=counter.t_last - pub.t_start,
+        first_to_last_s=counter.t_last - counter.t_first,
+        publisher_rate=pub.rate,
+        cpu_s=cpu,
+    )
+
+
+async def run_gmqtt(packets: PacketFile, port: int) -> Run:
+    counter = Counter()
+    add = counter.add
+
+    def on_message(_topic: str, _payload: bytes, _qos: int) -> None:
+        add()
+
+    client = MqttClient(
+        MqttOptions(port=port), subscriptions=((TOPIC_FILTER, 0),), on_message=on_message
+    )
+    task = asyncio.create_task(client.run())
+    try:
+        await client.wait_connected(10)
+        return await _measure("gmqtt 0.8 (MqttClient, MQTT 5)", packets, port, counter)
+    finally:
+        await client.stop()
+        await task
+
+
+async def run_paho(packets: PacketFile, port: int) -> Run:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    counter = Counter()
+    add = counter.add
+
+    def on_message(_c: mqtt.Client, _u: object, _m: mqtt.MQTTMessage) -> None:
+        add()
+
+    # types-paho-mqtt (1.6 stubs, if installed) shadows paho 2.x's own annotations.
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,  # type: ignore[arg-type, unused-ignore]
+        protocol=mqtt.MQTTv311,
+    )
+    client.on_message = on_message
+    client.connect("127.0.0.1", port)
+    client.subscribe(TOPIC_FILTER, 0)
+    client.loop_start()
+    try:
+        return await _measure("paho-mqtt 2.2 (loop_start thread)", packets, port, counter)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+async def run_aiomqtt(packets: PacketFile, port: int) -> Run:
+    import aiomqtt
+
+    counter = Counter()
+    add = counter.add
+    async with aiomqtt.Client("127.0.0.1", port, protocol=aiomqtt.ProtocolVersion.V311) as client:
+        await client.subscribe(TOPIC_FILTER, qos=0)
+
+        async def consume() -> None:
+            async for _message in client.messages:
+                add()
+
+        task = asyncio.create_task(consume())
+        try:
+            return await _measure("aiomqtt 2.5 (async for)", packets, port, counter)
+        finally:
+            task.cancel()
+
+
+async def run_mosquitto_sub(packets: PacketFile, port: int, workdir: Path) -> Run:
+    """``mosquitto_sub -C N+1`` (the +1 is the probe) into a file; lines = messages."""
+    out_path = workdir / "mosquitto_sub.out"
+    with out_path.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                "mosquitto_sub",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-t",
+                TOPIC_FILTER,
+                "-q",
+                "0",
+                "-C",
+                str(packets.count + 1),
+            ],
+            stdout=out,
+        )
+        try:
+            # The probe's line proves the subscription (mosquitto_sub flushes each message).
+            deadline = time.monotonic() + 10
+            while out_path.stat().st_size == 0:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("mosquitto_sub never received the probe")
+                send_probe(port)
+                await asyncio.sleep(0.2)
+            probes = out_path.read_bytes().count(b"\n")
+            publisher = LoadPublisher(packets, port)
+            await publisher.astart()
+            publisher.go()
+            timeout_s = 120.0
+            try:
+                await asyncio.to_thread(proc.wait, timeout_s)
+                t_last = time.monotonic()
+            except subprocess.TimeoutExpired:
+                t_last = time.monotonic()
+            pub = await publisher.aresult()
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait()
+    received = out_path.read_bytes().count(b"\n") - probes
+    return Run(
+        client="mosquitto_sub 2.0.11 (C, -C N)",
+        published=pub.sent,
+        received=received,
+        seconds=t_last - pub.t_start,
+        first_to_last_s=float("nan"),
+        publisher_rate=pub.rate,
+        cpu_s=float("nan"),
+    )
+
+
+def _fmt(x: float, spec: str = ",.0f") -> str:
+    return "n/a" if math.isnan(x) else format(x, spec)
+
+
+async def main_async(args: argparse.Namespace) -> str:
+    t0 = time.monotonic()
+    n_max = max(args.messages, args.aiomqtt_messages)
+    messages = sim_messages(n_max)
+    mean_payload = statistics.fmean(len(p) for _, p in messages)
+    mean_topic = statistics.fmean(len(t) for t, _ in messages)
+    print(
+        f"{len(messages):,} simulator messages, payload {mean_payload:.0f} B, "
+        f"topic {mean_topic:.0f} B (mean)",
+        flush=True,
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-clients-") as tmp:
+        work = Path(tmp)
+        full = write_packets(messages[: args.messages], 0, work / "full")
+        small = write_packets(messages[: args.aiomqtt_messages], 0, work / "small")
+        server = start_mosquitto(work)
+        try:
+            runs: list[Run] = []
+            plan: list[tuple[str, Callable[[], Awaitable[Run]]]] = [
+                ("mosquitto_sub", lambda: run_mosquitto_sub(full, server.port, work)),
+                ("gmqtt", lambda: run_gmqtt(full, server.port)),
+                ("paho", lambda: run_paho(full, server.port)),
+            ]
+            for _ in range(args.repeat):
+                for name, fn in plan:
+                    run = await fn()
+                    print(
+                        f"  {name:14} {run.received:>8,}/{run.published:,} "
+                        f"{run.rate:>10,.0f} msg/s",
+                        flush=True,
+                    )
+                    runs.append(run)
+            for _ in range(args.aiomqtt_repeat):
+                run = await run_aiomqtt(small, server.port)
+                print(f"  {'aiomqtt':14} {run.received:>8,}/{run.published:,} {run.rate:>10,.0f}")
+                runs.append(run)
+            dropped = mosquitto_dropped(server)
+        finally:
+            server.stop()
+
+    rows: list[list[str]] = []
+    for client in dict.fromkeys(r.client for r in runs):
+        mine = [r for r in runs if r.client == client]
+        rates = [r.rate for r in mine]
+        best = max(mine, key=lambda r: r.rate)
+        rows.append(
+            [
+                client,
+                f"{best.published:,}",
+                str(len(mine)),
+                _fmt(statistics.median(rates)),
+                f"{_fmt(min(rates))} - {_fmt(max(rates))}",
+                _fmt(best.received / best.first_to_last_s if best.first_to_last_s else 0.0),
+                _fmt(best.cpu_s / best.seconds * 100 if best.seconds else 0.0, ".0f"),
+                f"{sum(r.lost for r in mine):,}",
+                _fmt(statistics.median(r.publisher_rate for r in mine)),
+            ]
+        )
+    table = print_table(
+        "MQTT client receive rate (QoS 0, one process, loopback Mosquitto)",
+        [
+            "client",
+            "messages",
+            "runs",
+            "msg/s (median)",
+            "msg/s (min - max)",
+            "msg/s first->last rcv (best)",
+            "receiver CPU %",
+            "lost (all runs)",
+            "publisher msg/s",
+        ],
+        rows,
+    )
+    table += (
+        f"\nmsg/s = received / (first publish -> last message received). "
+        f"Mean payload {mean_payload:.0f} B, topic {mean_topic:.0f} B. "
+        f"Broker 'dropped' notices: {dropped}. Bench wall time {time.monotonic() - t0:.0f} s.\n"
+    )
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=300_000)
+    parser.add_argument("--aiomqtt-messages", type=int, default=60_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--aiomqtt-repeat", type=int, default=1)
+    args = parser.parse_args()
+    for key, value in machine_info():
+        print(f"{key:12} {value}")
+    print(flush=True)
+    asyncio.run(main_async(args))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
