@@ -273,14 +273,16 @@ class NativeJsonDecoder:
         if rejected.any():
             for pos in np.flatnonzero(rejected).tolist():
                 if ts_bad[pos]:
-                    reason, detail = "bad_timestamp", str(rows[pos].get("dateObserved"))[:64]
+                    reason = "bad_timestamp"
+                    detail = f"dateObserved={rows[pos].get('dateObserved')!r:.64}"
                 elif no_metrics[pos]:
                     reason, detail = "no_metrics", f"none of {', '.join(codec.fields)}"
                 elif bad_range[pos]:
                     cols = np.flatnonzero(out_of_range[pos]).tolist()
                     reason = "out_of_range"
                     detail = ", ".join(
-                        f"{codec.fields[c]}={values[pos, c]!r} outside [{low[c]:g}, {high[c]:g}]"
+                        f"{codec.fields[c]}={float(values[pos, c])!r} "
+                        f"outside [{float(low[c]):g}, {float(high[c]):g}]"
                         for c in cols
                     )
                 elif future[pos]:
@@ -292,17 +294,13 @@ class NativeJsonDecoder:
                 inbox.reject(idx[pos], reason, detail)
             keep = ~rejected
             present &= keep[:, None]
-        lanes: list[int] = (
-            [int(d.get("laneId", 0)) for d in rows] if codec.kind is Kind.TRAFFIC else [0] * n
-        )
-        sids = np.fromiter(
-            (
-                self._sid(inbox.topics[i], info, lane)
-                for i, info, lane in zip(idx, infos, lanes, strict=True)
-            ),
-            dtype=np.int32,
-            count=n,
-        )
+        # Series ids only for accepted messages: a refused sensor must not take a
+        # permanent slot in the registry (and in every per-series state array).
+        sids = np.zeros(n, dtype=np.int32)
+        traffic = codec.kind is Kind.TRAFFIC
+        for pos in np.flatnonzero(~rejected).tolist():
+            lane = int(rows[pos].get("laneId", 0)) if traffic else 0
+            sids[pos] = self._sid(inbox.topics[idx[pos]], infos[pos], lane)
         r, c = np.nonzero(present)  # row-major: one message's readings stay together
         batch = ReadingBatch(
             sid=sids[r],
@@ -323,8 +321,9 @@ class NativeJsonDecoder:
         if self._ns_per_unit >= 1000 and all(type(v) is float or type(v) is int for v in raw):
             # Fast path: numbers in s/ms/us. Rounded to whole microseconds, the
             # precision a float64 epoch-seconds value actually carries.
-            us = np.asarray(raw, dtype=np.float64) * (self._ns_per_unit // 1000)
-            bad = ~((us >= 0) & (us < _MAX_US))
+            with np.errstate(over="ignore", invalid="ignore"):
+                us = np.asarray(raw, dtype=np.float64) * (self._ns_per_unit // 1000)
+                bad = ~((us >= 0) & (us < _MAX_US))
             us = np.where(bad, 0.0, us)
             return np.round(us).astype(np.int64) * 1000, bad, flags
         ts = np.zeros(n, dtype=np.int64)
@@ -342,17 +341,20 @@ class NativeJsonDecoder:
         return ts, bad, flags
 
     def _one_timestamp(self, v: object) -> int | None:
+        """ns since the epoch, or None if absent or invalid (same rules as the fast path)."""
         if v is None:
             return None
         if type(v) is int:
             ns = v * self._ns_per_unit
-        elif type(v) is float:
-            ns = (
-                round(v * (self._ns_per_unit // 1000)) * 1000
-                if self._ns_per_unit >= 1000
-                else round(v)
-            )
-        elif isinstance(v, str):
+            return ns if 0 <= ns < _MAX_US * 1000 else None
+        if type(v) is float:
+            per_us = self._ns_per_unit / 1000
+            us = v * per_us
+            # Checked before rounding, exactly like the vectorised path.
+            if not (0 <= us < _MAX_US):
+                return None
+            return round(us) * 1000
+        if isinstance(v, str):
             try:
                 dt = datetime.fromisoformat(v)
             except ValueError:
@@ -362,6 +364,5 @@ class NativeJsonDecoder:
                     return None
                 dt = dt.replace(tzinfo=self._naive_tz)
             ns = ((dt - _EPOCH) // _US) * 1000
-        else:
-            return None
-        return ns if 0 <= ns < _MAX_US * 1000 else None
+            return ns if 0 <= ns < _MAX_US * 1000 else None
+        return None

@@ -91,16 +91,20 @@ class TopicPattern:
         for lvl, part in zip(self.levels, parts, strict=True):
             if lvl is not None and lvl != part:
                 raise TopicError("topic_mismatch", f"expected {lvl!r}, got {part!r}")
+        names = dict(self.captures)
+        for i, (lvl, part) in enumerate(zip(self.levels, parts, strict=True)):
+            if lvl is None and part.startswith("_"):
+                what = names.get(i, f"level {i + 1}")
+                raise TopicError("topic_reserved", f"{what} {part!r} starts with '_' (reserved)")
         values: dict[str, str] = {}
         for i, name in self.captures:
             part = parts[i]
             if not part:
                 raise TopicError("topic_bad_segment", f"empty {name}")
-            if part.startswith("_"):
-                raise TopicError("topic_reserved", f"{name} {part!r} starts with '_' (reserved)")
-            if len(part) > _MAX_SEGMENT or not part.isprintable():
+            if len(part) > _MAX_SEGMENT or not part.isprintable() or "+" in part or "#" in part:
                 raise TopicError(
-                    "topic_bad_segment", f"{name} is not a printable tag of <= 128 chars"
+                    "topic_bad_segment",
+                    f"{name} is not a printable tag of <= 128 chars without '+' or '#'",
                 )
             values[name] = part
         try:

@@ -125,6 +125,8 @@ class TagCache:
         self._kinds: list[int] = []
         #: measurement -> prefixes by sid (``measurement + tags``)
         self._prefixes: dict[str, list[str | None]] = {}
+        #: raw-reading prefixes by sid (``kind label + tags``)
+        self._raw: list[str | None] = []
 
     @property
     def policy(self) -> InvalidTagPolicy:
@@ -182,10 +184,7 @@ class TagCache:
     def raw_prefixes(self) -> list[str | None]:
         """``kind + tags`` by sid (raw-reading measurement per series kind)."""
         self.sync()
-        key = "\x00raw"  # not a valid measurement, cannot clash
-        prefixes = self._prefixes.get(key)
-        if prefixes is None:
-            prefixes = self._prefixes[key] = []
+        prefixes = self._raw
         for sid in range(len(prefixes), len(self._tags)):
             tags = self._tags[sid]
             prefixes.append(None if tags is None else _KIND_LABELS[self._kinds[sid]] + tags)

@@ -818,17 +818,14 @@ def test_bad_messages_never_affect_good_ones(seed: int) -> None:
 _FIELDS = tuple(info.field for info in METRIC_INFO.values())
 _KEYS = st.sampled_from((*_FIELDS, "dateObserved", "laneId", "extra", "PM25", ""))
 
-# Floats are bounded to |v| <= 1e300 and kept out of (-1, 0) so that the fuzz tests
-# do not trip the two known timestamp bugs (see the xfail tests at the end): huge
-# floats overflow on the per-row path, tiny negatives round to 0 on it.
-_FLOATS = st.floats(min_value=-1e300, max_value=1e300, allow_nan=False).filter(
-    lambda v: not -1.0 < v < 0.0
-)
+# Every finite float, including the huge and tiny negative ones that once broke the
+# per-row timestamp path (see the regressions at the end).
+_FLOATS = st.floats(allow_nan=False, allow_infinity=False)
 _NUMBERS = st.one_of(
     st.integers(-(2**64), 2**64),
     st.integers(-5, 70),
     _FLOATS,
-    st.floats(min_value=-60.0, max_value=6000.0).filter(lambda v: not -1.0 < v < 0.0),
+    st.floats(min_value=-60.0, max_value=6000.0),
 )
 
 
@@ -1010,18 +1007,9 @@ def test_fuzz_batch_equals_each_message_alone(case: tuple[int, list[Msg]]) -> No
     assert rows(together, batch_registry) == expected_rows
 
 
-# -- known bugs ------------------------------------------------------------------------------
+# -- regressions: bugs these tests found, now fixed --------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason=(
-        "BUG: ingest/_decode.py _one_timestamp: round(v * 1e6) on a huge float "
-        "dateObserved (> ~1.8e302 in unit s) raises OverflowError out of decode() on the "
-        "per-row path (any neighbour of the same kind with an ISO or missing timestamp)"
-    ),
-)
 @pytest.mark.parametrize(
     "neighbour",
     [js({"pm25": 1.0}), js({"pm25": 1.0, "dateObserved": "2025-11-23T10:00:00Z"})],
@@ -1035,14 +1023,6 @@ def test_huge_float_timestamp_is_dead_lettered_not_raised(neighbour: bytes) -> N
     assert result.messages_ok == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: ingest/_decode.py _timestamps: the vectorised path rejects a float "
-        "dateObserved in (-0.5 us, 0) before rounding, the per-row path rounds it to 0 and "
-        "accepts it, so a message's fate depends on its neighbours"
-    ),
-)
 def test_tiny_negative_timestamp_has_the_same_fate_alone_and_in_a_batch() -> None:
     msg = (AIR, js({"pm25": 1.0, "dateObserved": -1e-7}))
     decoder, registry = make(max_past_s=None)
@@ -1052,15 +1032,6 @@ def test_tiny_negative_timestamp_has_the_same_fate_alone_and_in_a_batch() -> Non
     assert reasons_by_recv(together) == {RECV_NS: "bad_timestamp"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: ingest/_decode.py _decode_kind resolves series ids for every validated row, "
-        "including rows then dead-lettered (out_of_range, no_metrics, bad_timestamp, "
-        "skew): a refused message registers a permanent series and shifts the dense ids "
-        "of the good messages after it"
-    ),
-)
 @pytest.mark.parametrize(
     "bad",
     [

@@ -498,3 +498,30 @@ def test_aggregates_with_per_row_window_column() -> None:
 def test_empty_aggregates() -> None:
     aggs = _aggs(60_000, [(0, 0, T0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)])
     assert encode_aggregates(aggs, TagCache(_registry(AIR))).data == b""
+
+
+def test_raw_prefixes_stay_right_when_the_registry_grows_between_batches() -> None:
+    """Regression: series added after the first raw batch got a bogus measurement."""
+    registry = SeriesRegistry()
+    tags = TagCache(registry)
+    first = registry.resolve(SeriesKey("bandung", "coblong", Kind.AIR, "a1"))
+    batch = ReadingBatch(
+        sid=np.array([first], np.int32),
+        metric=np.array([0], np.uint8),
+        ts_ns=np.array([1], np.int64),
+        value=np.array([1.0]),
+    )
+    encode_readings(batch, tags)
+    later = registry.resolve(SeriesKey("bandung", "coblong", Kind.TRAFFIC, "t1", 2))
+    tags.sync()  # the pipeline syncs before each batch
+    batch2 = ReadingBatch(
+        sid=np.array([first, later], np.int32),
+        metric=np.array([0, 8], np.uint8),
+        ts_ns=np.array([2, 2], np.int64),
+        value=np.array([2.0, 3.0]),
+    )
+    lines = encode_readings(batch2, tags).data.decode().split("\n")
+    assert lines == [
+        "air,city=bandung,district=coblong,sensor_id=a1 pm25=2.0 2",
+        "traffic,city=bandung,district=coblong,lane=2,sensor_id=t1 intensity=3.0 2",
+    ]

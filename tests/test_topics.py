@@ -325,17 +325,9 @@ def test_parse_only_ever_raises_topic_error(topic: str) -> None:
             assert len(tag) <= 128
 
 
-# -- bugs --------------------------------------------------------------------------------
+# -- regressions: bugs these tests found, now fixed --------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: ingest/_topics.py TopicPattern.parse only checks captured levels; a reserved "
-        "'_' segment in an ignored '{_}' level (e.g. our own _deadletter topic) parses as a "
-        "sensor, contrary to the module docstring"
-    ),
-)
 def test_reserved_segment_in_ignored_level_never_parses_as_sensor() -> None:
     pattern = TopicPattern.compile("urbanpulse/{_}/{city}/{district}/{kind}/{sensor_id}")
     assert pattern.parse("urbanpulse/v1/jakarta/south/air/s1").sensor_id == "s1"
@@ -343,13 +335,6 @@ def test_reserved_segment_in_ignored_level_never_parses_as_sensor() -> None:
     assert err.reason == "topic_reserved"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: ingest/_topics.py promises tag values with 'no MQTT wildcards' (_MAX_SEGMENT "
-        "comment) but TopicPattern.parse never checks for '+' or '#'"
-    ),
-)
 @pytest.mark.parametrize("sensor", ["s+1", "s#1", "+", "#"])
 def test_wildcards_are_not_accepted_as_tag_values(default: TopicPattern, sensor: str) -> None:
     err = parse_error(default, f"urbanpulse/jakarta/south/air/{sensor}")

@@ -70,7 +70,7 @@ class MqttSettings(_Section):
     password: SecretStr | None = None
     password_file: Path | None = None
     tls: TlsSettings = TlsSettings()
-    qos: Literal[0, 1] = 0
+    qos: int = Field(0, ge=0, le=1)
     keepalive_s: int = Field(30, ge=5, le=3600)
     clean_start: bool = True
     session_expiry_s: int = Field(0, ge=0, le=0xFFFFFFFF)
@@ -81,7 +81,7 @@ class MqttSettings(_Section):
     topic_pattern: str = "urbanpulse/{city}/{district}/{kind}/{sensor_id}"
     #: Refused messages are republished under this prefix + /<reason>/<topic>.
     deadletter_prefix: str = "urbanpulse/_deadletter"
-    deadletter_qos: Literal[0, 1] = 0
+    deadletter_qos: int = Field(0, ge=0, le=1)
 
     @model_validator(mode="after")
     def _secrets(self) -> MqttSettings:
@@ -205,7 +205,7 @@ class SimSettings(_Section):
     city: str = "bandung"
     rate_per_s: float | None = Field(None, gt=0)
     speed: float = Field(1.0, gt=0)
-    qos: Literal[0, 1] = 0
+    qos: int = Field(0, ge=0, le=1)
     ts_format: Literal["epoch_s", "iso"] = "epoch_s"
 
 

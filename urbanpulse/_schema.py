@@ -36,12 +36,11 @@ class Kind(enum.IntEnum):
 
     @classmethod
     def parse(cls, text: str) -> Kind:
-        try:
-            return cls[text.upper()]
-        except KeyError:
-            raise ValueError(
-                f"unknown sensor kind {text!r} (expected 'air' or 'traffic')"
-            ) from None
+        """The kind named exactly ``air`` or ``traffic`` (as in topics)."""
+        for kind in cls:
+            if kind.label == text:
+                return kind
+        raise ValueError(f"unknown sensor kind {text!r} (expected 'air' or 'traffic')")
 
 
 class Metric(enum.IntEnum):

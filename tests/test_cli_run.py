@@ -1,0 +1,170 @@
+"""The real commands as processes: `urbanpulse run` + `urbanpulse sim`, and `demo`.
+
+A clean stop (SIGTERM) must flush everything buffered: the output batching is
+set so long that nothing is written before the signal, so every stored point
+proves the flush on exit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+from servers import MosquittoServer, VictoriaMetricsServer
+
+pytestmark = pytest.mark.integration
+
+N = 1500
+
+
+def _env(**values: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("URBANPULSE_")}
+    env.update({f"URBANPULSE_{k}": v for k, v in values.items()})
+    return env
+
+
+class LogReader:
+    """Collects the JSON log lines of a process in a thread."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.lines: list[dict[str, Any]] = []
+        self.text: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.text.append(line)
+            try:
+                self.lines.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+
+    def last_stats(self) -> dict[str, Any] | None:
+        for rec in reversed(self.lines):
+            if "stats" in rec:
+                stats: dict[str, Any] = rec["stats"]
+                return stats
+        return None
+
+    def join(self) -> None:
+        self._thread.join(10)
+
+
+def test_run_then_sigterm_flushes_everything(
+    mosquitto: MosquittoServer, victoria_metrics: VictoriaMetricsServer, tmp_path: Path
+) -> None:
+    env = _env(
+        MQTT__PORT=str(mosquitto.port),
+        MQTT__QOS="1",
+        OUTPUT__KIND="influx2",
+        OUTPUT__INFLUX2__URL=victoria_metrics.url,
+        OUTPUT__BATCH_MAX_MS="600000",
+        OUTPUT__BATCH_MAX_LINES="1000000",
+        LOG__FORMAT="json",
+        LOG__STATS_INTERVAL_S="0.3",
+        STATE_DIR=str(tmp_path / "state"),
+        SIM__CITY="bandung",
+    )
+    run = subprocess.Popen(
+        [sys.executable, "-m", "urbanpulse.cli", "run"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert run.stderr is not None
+    logs = LogReader(run.stderr)
+    try:
+        deadline = time.monotonic() + 20
+        while not any(r.get("msg") == "mqtt connected" for r in logs.lines):
+            assert run.poll() is None, "".join(logs.text)
+            assert time.monotonic() < deadline, "".join(logs.text)
+            time.sleep(0.05)
+        sim = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "urbanpulse.cli",
+                "sim",
+                "--count",
+                str(N),
+                "--rate",
+                "3000",
+                "--qos",
+                "1",
+                "--seed",
+                "5",
+                "--quiet",
+            ],
+            env=env | {"URBANPULSE_MQTT__QOS": "1"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert sim.returncode == 0, sim.stderr
+        assert json.loads(sim.stdout)["sent"] == N
+        deadline = time.monotonic() + 20
+        while (logs.last_stats() or {}).get("messages_ok", 0) < N:
+            assert time.monotonic() < deadline, logs.last_stats()
+            time.sleep(0.1)
+        stats = logs.last_stats()
+        assert stats is not None
+        assert stats["points_written"] == 0, "nothing may be written before the stop"
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(30) == 0
+    finally:
+        if run.poll() is None:
+            run.kill()
+        logs.join()
+    final = [r for r in logs.lines if r.get("msg") == "final"][-1]["stats"]
+    assert final["messages_ok"] == N
+    assert final["pending_points"] == 0
+    assert final["points_written"] >= N
+    victoria_metrics.force_flush()
+    rows = victoria_metrics.export('{__name__=~"air_pm25|traffic_intensity"}')
+    samples = sum(len(r["values"]) for r in rows)
+    assert samples >= N  # every message carries pm25 (air) or intensity (traffic)
+    assert (tmp_path / "state" / "windows.npz").exists()
+
+
+def test_demo_runs_without_external_services(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "urbanpulse.cli",
+            "demo",
+            "--duration",
+            "6",
+            "--speed",
+            "120",
+            "--n-air",
+            "20",
+            "--n-traffic",
+            "5",
+            "--out",
+            str(tmp_path),
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "embedded MQTT broker" in proc.stdout
+    files = sorted((tmp_path / "lineprotocol").glob("*.lp"))
+    assert files, proc.stdout
+    text = "".join(f.read_text() for f in files)
+    assert "\nair," in "\n" + text
+    assert "\nair_1m," in "\n" + text  # at x120 a minute passes every half second
+    assert "done." in proc.stdout
