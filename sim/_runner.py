@@ -1,0 +1,388 @@
+"""The message schedule (``Simulator``) and the paced publishing loop.
+
+Event time and wall time
+------------------------
+Every stream (air sensor or traffic lane) reports at event times
+``phase + k * interval``. Event time runs ``speed`` times faster than wall time
+from ``start_ns``: a message with event time ``t`` is due ``(t - start_ns) /
+speed`` seconds after the run started.
+
+* ``rate_per_s=None`` (realistic): each stream keeps its nominal interval
+  (air 60 s, traffic 30 s) and its phase (aligned to the epoch, so a sensor
+  keeps its phase whatever the start time). Wall rate = ``speed x sum(1 /
+  interval)``.
+* ``rate_per_s=R``: every stream gets the interval ``n_streams x speed / R``
+  (event seconds), phases spread evenly, so the wall rate is exactly ``R``.
+  ``speed`` then only stretches event time. Traffic ``intensity`` is still the
+  count over the nominal 30 s period.
+
+The message sequence is a pure function of the options (``start_ns`` must be
+given, or the clock fixed, for byte-identical runs): pacing only decides
+*when* a message is sent, never what it contains. ``count`` caps the number
+of messages; ``duration_s`` caps the schedule at event time ``start_ns +
+duration_s x speed`` (i.e. ``duration_s`` of wall time when the publisher keeps
+up).
+
+Pacing
+------
+Deadline pacing, the token-bucket form where tokens are the messages already
+due: every tick (~10 ms) the loop publishes everything due by now as one
+batch, then sleeps until the next message is due (at least one tick). If the
+publisher falls behind by more than ``max_lag_s`` (the bucket's depth), the
+schedule is shifted instead of bursting to catch up; ``SimStats.behind_s``
+reports the total shift, and the achieved rate drops below the target.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from sim._fleet import MODEL_REFERENCE, Fleet
+from sim._payloads import TimestampFormat, encode_air, encode_traffic
+from sim._values import ValueModel
+from urbanpulse._clock import Clock
+from urbanpulse._errors import ConfigError
+from urbanpulse._schema import Kind
+
+__all__ = [
+    "Publisher",
+    "SimOptions",
+    "SimProgress",
+    "SimStats",
+    "Simulator",
+    "SleepFn",
+    "run_simulation",
+]
+
+SleepFn = Callable[[float], Awaitable[None]]
+Message = tuple[str, bytes]
+
+
+class Publisher(Protocol):
+    async def publish(self, topic: str, payload: bytes, *, qos: int) -> None: ...
+
+    async def flush(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SimOptions:
+    seed: int = 0
+    n_air: int = 100
+    #: Traffic stations (sensor ids); each has 1 or 2 lanes = message streams.
+    n_traffic: int = 50
+    city: str = "bandung"
+    prefix: str = "urbanpulse"
+    qos: int = 0
+    #: Target wall-clock rate; None = realistic per-sensor intervals.
+    rate_per_s: float | None = None
+    #: Event time runs this many times faster than wall time.
+    speed: float = 1.0
+    #: Event time of the start (floored to ms); None = the clock's now.
+    start_ns: int | None = None
+    count: int | None = None
+    duration_s: float | None = None
+    ts_format: TimestampFormat = "epoch_s"
+    air_interval_s: float = 60.0
+    traffic_interval_s: float = 30.0
+    #: Share of air sensors that are full reference stations.
+    reference_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.qos not in (0, 1, 2):
+            raise ConfigError(f"qos must be 0, 1 or 2, got {self.qos}")
+        if not self.prefix or any(c in self.prefix for c in "+#") or self.prefix[0] == "/":
+            raise ConfigError(f"prefix {self.prefix!r} must be a non-empty topic without wildcards")
+        if self.prefix.endswith("/"):
+            raise ConfigError(f"prefix {self.prefix!r} must not end with '/'")
+        if self.rate_per_s is not None and not (0 < self.rate_per_s < math.inf):
+            raise ConfigError(f"rate_per_s must be positive, got {self.rate_per_s}")
+        if not (0 < self.speed < math.inf):
+            raise ConfigError(f"speed must be positive, got {self.speed}")
+        if self.count is not None and self.count < 0:
+            raise ConfigError(f"count must be >= 0, got {self.count}")
+        if self.duration_s is not None and not (0 < self.duration_s < math.inf):
+            raise ConfigError(f"duration_s must be positive, got {self.duration_s}")
+        if self.ts_format not in ("epoch_s", "iso"):
+            raise ConfigError(f"ts_format must be 'epoch_s' or 'iso', got {self.ts_format!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class SimProgress:
+    sent: int
+    elapsed_s: float
+    #: Achieved rate since the previous report.
+    rate_per_s: float
+    #: Achieved rate since the start.
+    mean_rate_per_s: float
+    #: Event time of the last message sent (0 before the first).
+    event_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class SimStats:
+    sent: int
+    duration_s: float
+    rate_per_s: float
+    #: The schedule's nominal wall-clock rate.
+    target_rate_per_s: float
+    #: How far the schedule was shifted because the publisher fell behind.
+    behind_s: float
+
+
+class Simulator:
+    """The deterministic message schedule of a set of options (no I/O, no sleeping)."""
+
+    def __init__(self, options: SimOptions, clock: Clock) -> None:
+        o = options
+        self.options = o
+        self.fleet = Fleet.generate(
+            seed=o.seed,
+            n_air=o.n_air,
+            n_traffic=o.n_traffic,
+            city=o.city,
+            air_interval_s=o.air_interval_s,
+            traffic_interval_s=o.traffic_interval_s,
+            reference_fraction=o.reference_fraction,
+        )
+        self._values = ValueModel(self.fleet)
+        start = clock.now_ns() if o.start_ns is None else o.start_ns
+        self.start_ns: int = start - start % 1_000_000
+        n = self.fleet.n_streams
+        if o.rate_per_s is None:
+            interval = self.fleet.interval_ns.copy()
+            first = self.start_ns + (self.fleet.phase_ns - self.start_ns) % interval
+        else:
+            interval_ns = round(n * o.speed * 1e9 / o.rate_per_s)
+            if interval_ns < 1_000_000:
+                raise ConfigError(
+                    f"rate_per_s={o.rate_per_s} over {n} streams at speed {o.speed} gives each "
+                    f"stream an event-time interval under 1 ms (timestamps would collide): "
+                    f"add sensors or raise speed"
+                )
+            interval = np.full(n, interval_ns, dtype=np.int64)
+            first = self.start_ns + (np.arange(n, dtype=np.int64) * interval_ns) // n
+        self._interval: NDArray[np.int64] = interval.astype(np.int64)
+        self._next: NDArray[np.int64] = first.astype(np.int64)
+        self.end_ns: int | None = (
+            None if o.duration_s is None else self.start_ns + round(o.duration_s * o.speed * 1e9)
+        )
+        self._remaining = o.count
+        self._topics = np.array(self.fleet.topics(o.prefix), dtype=object)
+        self._is_air = self.fleet.kind == Kind.AIR
+        self._full = self.fleet.model == MODEL_REFERENCE
+        self._streams = np.arange(n, dtype=np.intp)
+        #: Messages produced so far and the event time of the last one.
+        self.emitted = 0
+        self.last_event_ns = 0
+
+    @property
+    def event_rate_per_s(self) -> float:
+        """Messages per second of event time."""
+        return float(np.sum(1e9 / self._interval.astype(np.float64)))
+
+    @property
+    def nominal_rate_per_s(self) -> float:
+        """Messages per second of wall time when the publisher keeps up."""
+        return self.event_rate_per_s * self.options.speed
+
+    def next_event_ns(self) -> int | None:
+        """Event time of the next message, or None when the schedule is over."""
+        if self._remaining == 0:
+            return None
+        t = int(self._next.min())
+        if self.end_ns is not None and t >= self.end_ns:
+            return None
+        return t
+
+    @property
+    def done(self) -> bool:
+        return self.next_event_ns() is None
+
+    def due_s(self, event_ns: int) -> float:
+        """Wall seconds after the start at which a message of this event time is due."""
+        return (event_ns - self.start_ns) / 1e9 / self.options.speed
+
+    def next_batch(self, until_ns: int) -> list[Message]:
+        """Every not yet emitted message with event time < ``until_ns``, in event-time order.
+
+        Ties (same ms) are ordered by stream (air sensors, then traffic lanes).
+        """
+        return self._take(until_ns, None)
+
+    def messages(self, n: int) -> list[Message]:
+        """The next ``n`` messages (fewer if count/duration end the schedule first)."""
+        out: list[Message] = []
+        rate = self.event_rate_per_s
+        max_interval = int(self._interval.max())
+        while len(out) < n:
+            nxt = self.next_event_ns()
+            if nxt is None:
+                break
+            need = n - len(out)
+            horizon = nxt + math.ceil(need / rate * 1e9) + max_interval
+            out.extend(self._take(horizon, need))
+        return out
+
+    def _take(self, until_ns: int, limit: int | None) -> list[Message]:
+        if self.end_ns is not None:
+            until_ns = min(until_ns, self.end_ns)
+        if self._remaining is not None:
+            limit = self._remaining if limit is None else min(limit, self._remaining)
+        if limit == 0:
+            return []
+        per_stream = np.maximum(-((self._next - until_ns) // self._interval), 0)
+        total = int(per_stream.sum())
+        if total == 0:
+            return []
+        sid = np.repeat(self._streams, per_stream)
+        k = np.arange(total, dtype=np.int64) - np.repeat(
+            np.cumsum(per_stream) - per_stream, per_stream
+        )
+        t = self._next[sid] + k * self._interval[sid]
+        order = np.argsort(t, kind="stable")
+        if limit is not None and total > limit:
+            order = order[:limit]
+        sid = sid[order]
+        t = t[order]
+        self._next += np.bincount(sid, minlength=self._next.shape[0]) * self._interval
+        m = int(sid.shape[0])
+        self.emitted += m
+        if self._remaining is not None:
+            self._remaining -= m
+        self.last_event_ns = int(t[-1])
+        return self._encode(sid, t - t % 1_000_000)
+
+    def _encode(self, sid: NDArray[np.intp], ts_ns: NDArray[np.int64]) -> list[Message]:
+        fmt = self.options.ts_format
+        payloads = np.empty(sid.shape[0], dtype=object)
+        air = self._is_air[sid]
+        ai = np.flatnonzero(air)
+        if ai.shape[0]:
+            s, t = sid[ai], ts_ns[ai]
+            full = self._full[s]
+            payloads[ai] = _objects(
+                encode_air(t, self._values.air(s, t, gases=full), full=full, ts_format=fmt)
+            )
+        ti = np.flatnonzero(~air)
+        if ti.shape[0]:
+            s, t = sid[ti], ts_ns[ti]
+            payloads[ti] = _objects(
+                encode_traffic(
+                    t, self._values.traffic(s, t), lane=self.fleet.lane[s], ts_format=fmt
+                )
+            )
+        return list(zip(self._topics[sid].tolist(), payloads.tolist(), strict=True))
+
+
+def _objects(items: list[bytes]) -> NDArray[np.object_]:
+    out = np.empty(len(items), dtype=object)
+    out[:] = items
+    return out
+
+
+async def run_simulation(
+    options: SimOptions,
+    publisher: Publisher,
+    clock: Clock,
+    progress: Callable[[SimProgress], None] | None = None,
+    *,
+    sleep: SleepFn = asyncio.sleep,
+    tick_s: float = 0.01,
+    max_lag_s: float = 0.5,
+    progress_interval_s: float = 1.0,
+    stop: asyncio.Event | None = None,
+) -> SimStats:
+    """Publish the schedule of ``options`` at its pace; return when it ends or ``stop`` is set.
+
+    ``sleep`` is awaited between ticks (inject a fake that advances a
+    ManualClock in tests). ``progress`` is called every ``progress_interval_s``
+    and once at the end. The publisher is flushed before returning.
+    """
+    sim = Simulator(options, clock)
+    qos = options.qos
+    speed = options.speed
+    t0 = clock.monotonic_s()
+    shift = 0.0
+    sent = 0
+    report_t, report_sent = t0, 0
+
+    def report(now: float) -> None:
+        nonlocal report_t, report_sent
+        if progress is None:
+            return
+        dt = now - report_t
+        elapsed = now - t0
+        progress(
+            SimProgress(
+                sent=sent,
+                elapsed_s=elapsed,
+                rate_per_s=(sent - report_sent) / dt if dt > 0 else 0.0,
+                mean_rate_per_s=sent / elapsed if elapsed > 0 else 0.0,
+                event_ns=sim.last_event_ns,
+            )
+        )
+        report_t, report_sent = now, sent
+
+    def schedule_ns(now: float) -> int:
+        """Event-time offset (from start_ns) the schedule has reached at ``now``."""
+        return round((now - t0 - shift) * speed * 1e9)
+
+    max_lag_ns = round(max_lag_s * speed * 1e9)
+    while stop is None or not stop.is_set():
+        nxt = sim.next_event_ns()
+        if nxt is None:
+            break
+        reached = schedule_ns(clock.monotonic_s())
+        behind_ns = reached - (nxt - sim.start_ns)
+        if behind_ns > max_lag_ns:
+            # The publisher cannot keep up: shift the schedule rather than burst.
+            shift += (behind_ns - max_lag_ns) / speed / 1e9
+            reached = nxt - sim.start_ns + max_lag_ns
+        # Everything due by now (event time <= start + reached); integer ns so
+        # that a message counted as due is always in the batch.
+        batch = sim.next_batch(sim.start_ns + reached + 1)
+        for topic, payload in batch:
+            await publisher.publish(topic, payload, qos=qos)
+        sent += len(batch)
+        now = clock.monotonic_s()
+        if now - report_t >= progress_interval_s:
+            report(now)
+        nxt = sim.next_event_ns()
+        if nxt is None:
+            break
+        ahead_ns = nxt - sim.start_ns - schedule_ns(now)
+        if ahead_ns <= 0:
+            await sleep(0)
+            continue
+        wait = ahead_ns / speed / 1e9
+        if progress is not None:
+            wait = min(wait, max(report_t + progress_interval_s - now, 0.0))
+        await sleep(max(wait, tick_s))
+
+    if options.duration_s is not None and (stop is None or not stop.is_set()):
+        # Hold until the end of the requested window (the schedule may end earlier).
+        while (remaining := t0 + shift + options.duration_s - clock.monotonic_s()) > 0:
+            if stop is not None and stop.is_set():
+                break
+            await sleep(min(remaining, progress_interval_s) if progress else remaining)
+            now = clock.monotonic_s()
+            if now - report_t >= progress_interval_s:
+                report(now)
+    await publisher.flush()
+    end = clock.monotonic_s()
+    report(end)
+    duration = end - t0
+    return SimStats(
+        sent=sent,
+        duration_s=duration,
+        rate_per_s=sent / duration if duration > 0 else 0.0,
+        target_rate_per_s=sim.nominal_rate_per_s,
+        behind_s=shift,
+    )
