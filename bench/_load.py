@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import re
+import resource
 import socket
 import subprocess
 import sys
@@ -56,6 +57,7 @@ from servers import (  # type: ignore[import-not-found, unused-ignore]  # noqa: 
 
 __all__ = [
     "ROOT",
+    "CpuMeter",
     "LoadPublisher",
     "Message",
     "MosquittoServer",
@@ -63,10 +65,12 @@ __all__ = [
     "PublishResult",
     "VictoriaMetricsServer",
     "await_probe",
+    "cpu_busy",
     "loadavg",
     "machine_info",
     "mosquitto_dropped",
     "print_table",
+    "proc_cpu_s",
     "send_probe",
     "sim_messages",
     "start_mosquitto",
@@ -260,6 +264,7 @@ def _publish_main(argv: Sequence[str]) -> int:
         "t_start": t_start,
         "t_sent": t_sent,
         "t_end": t_end,
+        "cpu_s": time.process_time(),
     }
     print(json.dumps(result), flush=True)
     return 0
@@ -277,6 +282,8 @@ class PublishResult:
     t_start: float
     t_sent: float
     t_end: float
+    #: CPU seconds the publisher process used (mostly in sendall).
+    cpu_s: float
 
     @property
     def rate(self) -> float:
@@ -345,6 +352,7 @@ class LoadPublisher:
             t_start=float(raw["t_start"]),
             t_sent=float(raw["t_sent"]),
             t_end=float(raw["t_end"]),
+            cpu_s=float(raw["cpu_s"]),
         )
 
     async def astart(self) -> None:
@@ -414,6 +422,66 @@ def loadavg() -> str:
     return f"{one:.2f} {five:.2f} {fifteen:.2f}"
 
 
+def proc_cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` (0.0 if unknown)."""
+    if pid is None:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    # After "pid (comm)": state is fields[0]; utime and stime are stat fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU the rest of the machine used while a run went on (interference on 2 cores).
+
+    Whole-machine busy time from /proc/stat minus the bench's own: this process,
+    its reaped children (the publisher, mosquitto_sub) and the given server pids.
+    """
+
+    def __init__(self, *pids: int | None) -> None:
+        self._pids = pids
+        self._t0 = self._machine0 = self._own0 = 0.0
+
+    def _own(self) -> float:
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        servers = sum(proc_cpu_s(pid) for pid in self._pids)
+        return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime + servers
+
+    @staticmethod
+    def _machine() -> float:
+        total, idle = _cpu_times()
+        return (total - idle) / os.sysconf("SC_CLK_TCK")
+
+    def start(self) -> None:
+        self._t0, self._machine0, self._own0 = time.monotonic(), self._machine(), self._own()
+
+    def other_percent(self) -> float:
+        """Other processes' CPU since start(), in % of one core (100 = a whole core)."""
+        wall = max(time.monotonic() - self._t0, 1e-9)
+        other = (self._machine() - self._machine0) - (self._own() - self._own0)
+        return max(0.0, other / wall * 100)
+
+
+def _cpu_times() -> tuple[int, int]:
+    with open("/proc/stat", encoding="ascii") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return sum(values), idle
+
+
+def cpu_busy(seconds: float = 1.0) -> float:
+    """Share (%) of all cores busy over ``seconds``: what other work is using now."""
+    total0, idle0 = _cpu_times()
+    time.sleep(seconds)
+    total1, idle1 = _cpu_times()
+    return 100.0 * (1 - (idle1 - idle0) / max(total1 - total0, 1))
+
+
 def machine_info() -> list[tuple[str, str]]:
     cpu = "?"
     for line in _command_line(["sh", "-c", "lscpu | grep 'Model name'"]).splitlines():
@@ -432,6 +500,7 @@ def machine_info() -> list[tuple[str, str]]:
         ("RAM", f"{mem_gib:.1f} GiB"),
         ("kernel", platform.release()),
         ("load average", loadavg()),
+        ("CPU busy", f"{cpu_busy():.0f}% of all cores over 1 s before the bench (other work)"),
         ("mosquitto", _command_line(["/usr/sbin/mosquitto", "-h"])),
         ("python", platform.python_version()),
         (

@@ -1,7 +1,7 @@
 """End to end: simulator -> Mosquitto -> Pipeline -> VictoriaMetrics, with a plain baseline.
 
     python bench/bench_e2e.py [--messages 600000] [--rate 40000] [--no-max] [--no-baseline]
-                              [--baseline-messages N] [--profile]
+                              [--baseline-messages N] [--profile] [--protocol 5|3.1.1]
 
 Every run gets a fresh private Mosquitto-fed VictoriaMetrics (tests/servers.py),
 and the raw-socket publisher (bench/_load.py, a separate process) sends the same
@@ -42,9 +42,11 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import orjson
 from _load import (
+    CpuMeter,
     LoadPublisher,
     Message,
     PacketFile,
@@ -54,6 +56,7 @@ from _load import (
     machine_info,
     mosquitto_dropped,
     print_table,
+    proc_cpu_s,
     sim_messages,
     start_mosquitto,
     write_packets,
@@ -97,6 +100,14 @@ def stored_readings(vm: VictoriaMetricsServer, names: list[str]) -> collections.
     return collections.Counter(line.decode() for line in body.splitlines() if line)
 
 
+def check_stored(
+    run: E2ERun, vm: VictoriaMetricsServer, expected: collections.Counter[str]
+) -> None:
+    stored = stored_readings(vm, list(expected))
+    run.stored_readings = sum(stored.values())
+    run.mismatched_metrics = sorted(k for k in expected if stored[k] != expected[k])
+
+
 @dataclass(slots=True)
 class E2ERun:
     name: str
@@ -104,12 +115,18 @@ class E2ERun:
     #: messages the consumer accepted (decoded ok / handled)
     consumed: int
     expected_readings: int
-    stored_readings: int
-    mismatched_metrics: list[str]
     #: first publish -> last point written
     seconds: float
     publisher_rate: float
     cpu_s: float
+    publisher_cpu_s: float
+    broker_cpu_s: float = 0.0
+    vm_cpu_s: float = 0.0
+    #: other processes' CPU during the run, % of one core
+    other_cpu: float = 0.0
+    #: filled by check_stored() once the run is over
+    stored_readings: int = 0
+    mismatched_metrics: list[str] = field(default_factory=list)
     notes: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -136,11 +153,14 @@ async def run_pipeline(
     expected: collections.Counter[str],
     *,
     rate: float,
+    protocol: Literal["5", "3.1.1"] = "5",
     profile: cProfile.Profile | None = None,
 ) -> E2ERun:
     writer = InfluxV2Writer(InfluxV2Options(url=vm.url, org=ORG, bucket=BUCKET))
     pipeline = Pipeline(PipelineOptions(subscribe_qos=0), writer=writer)
-    client = MqttClient(MqttOptions(port=port), subscriptions=pipeline.subscription)
+    client = MqttClient(
+        MqttOptions(port=port, protocol=protocol), subscriptions=pipeline.subscription
+    )
     pipeline.attach_mqtt(client)
     run_task = asyncio.create_task(pipeline.run())
     n = packets.count
@@ -175,18 +195,16 @@ async def run_pipeline(
         if not run_task.done():
             pipeline.request_stop()
             await run_task
-    stored = stored_readings(vm, list(expected))
     stats = pipeline.snapshot_stats()
     return E2ERun(
         name=name,
         published=pub.sent,
         consumed=pipeline.stats.messages_ok - ok0,
         expected_readings=sum(expected.values()),
-        stored_readings=sum(stored.values()),
-        mismatched_metrics=sorted(k for k in expected if stored[k] != expected[k]),
         seconds=t_end - pub.t_start,
         publisher_rate=pub.rate,
         cpu_s=cpu,
+        publisher_cpu_s=pub.cpu_s,
         notes={
             "points_written": stats["points_written"],
             "aggregates": stats["aggregates"],
@@ -290,17 +308,15 @@ async def run_baseline(
         pub = await publisher.aresult()
     finally:
         influx.close()  # type: ignore[no-untyped-call]
-    stored = stored_readings(vm, list(expected))
     return E2ERun(
         name="baseline: paho + json + Point + batching write_api",
         published=pub.sent,
         consumed=consumed,
         expected_readings=sum(expected.values()),
-        stored_readings=sum(stored.values()),
-        mismatched_metrics=sorted(k for k in expected if stored[k] != expected[k]),
         seconds=t_end - pub.t_start,
         publisher_rate=pub.rate,
         cpu_s=cpu,
+        publisher_cpu_s=pub.cpu_s,
     )
 
 
@@ -323,8 +339,17 @@ async def main_async(args: argparse.Namespace) -> None:
         f"in {len(expected)} metrics",
         flush=True,
     )
+    meter0 = CpuMeter()
+    meter0.start()
+    proc_cpu0 = time.process_time()
     proc_rate, proc_ok = process_only(messages)
-    print(f"  pipeline.process only  {proc_rate:>10,.0f} msg/s ({proc_ok:,} ok)", flush=True)
+    proc_other = meter0.other_percent()
+    proc_cpu = (time.process_time() - proc_cpu0) / (len(messages) / proc_rate) * 100
+    print(
+        f"  pipeline.process only  {proc_rate:>10,.0f} msg/s ({proc_ok:,} ok)  "
+        f"(other processes {proc_other:.0f}% CPU)",
+        flush=True,
+    )
 
     runs: list[E2ERun] = []
     profile_text = ""
@@ -350,7 +375,16 @@ async def main_async(args: argparse.Namespace) -> None:
             for name, rate in plan:
                 vm = _fresh_vm(work, f"vm-{len(runs)}")
                 try:
-                    run = await run_pipeline(name, packets, broker.port, vm, expected, rate=rate)
+                    cpu0 = proc_cpu_s(broker.pid), proc_cpu_s(vm.pid)
+                    meter = CpuMeter(broker.pid, vm.pid)
+                    meter.start()
+                    run = await run_pipeline(
+                        name, packets, broker.port, vm, expected, rate=rate, protocol=args.protocol
+                    )
+                    run.broker_cpu_s = proc_cpu_s(broker.pid) - cpu0[0]
+                    run.vm_cpu_s = proc_cpu_s(vm.pid) - cpu0[1]
+                    run.other_cpu = meter.other_percent()
+                    check_stored(run, vm, expected)
                 finally:
                     vm.stop()
                 runs.append(run)
@@ -358,9 +392,16 @@ async def main_async(args: argparse.Namespace) -> None:
             if not args.no_baseline:
                 vm = _fresh_vm(work, "vm-baseline")
                 try:
+                    cpu0 = proc_cpu_s(broker.pid), proc_cpu_s(vm.pid)
+                    meter = CpuMeter(broker.pid, vm.pid)
+                    meter.start()
                     run = await run_baseline(
                         base_packets, broker.port, vm, base_expected, rate=args.rate
                     )
+                    run.broker_cpu_s = proc_cpu_s(broker.pid) - cpu0[0]
+                    run.vm_cpu_s = proc_cpu_s(vm.pid) - cpu0[1]
+                    run.other_cpu = meter.other_percent()
+                    check_stored(run, vm, base_expected)
                     run.name += f" @ {args.rate:,.0f} msg/s paced"
                 finally:
                     vm.stop()
@@ -377,8 +418,10 @@ async def main_async(args: argparse.Namespace) -> None:
                         vm,
                         expected,
                         rate=0.0,
+                        protocol=args.protocol,
                         profile=profile,
                     )
+                    check_stored(run, vm, expected)
                 finally:
                     vm.stop()
                 _print_run(run)
@@ -398,6 +441,8 @@ async def main_async(args: argparse.Namespace) -> None:
             "-",
             "-",
             "-",
+            f"{proc_cpu:.0f}",
+            f"{proc_other:.0f}",
         ]
     ]
     rows.extend(
@@ -409,7 +454,9 @@ async def main_async(args: argparse.Namespace) -> None:
             f"{r.published - r.consumed:,} msgs, {r.lost_readings:,} readings"
             + (f" ({', '.join(r.mismatched_metrics)})" if r.mismatched_metrics else ""),
             f"{r.seconds:.1f}",
-            f"{r.cpu_s / r.seconds * 100:.0f}",
+            f"{r.cpu_s / r.seconds * 100:.0f} / {r.broker_cpu_s / r.seconds * 100:.0f} / "
+            f"{r.vm_cpu_s / r.seconds * 100:.0f} / {r.publisher_cpu_s / r.seconds * 100:.0f}",
+            f"{r.other_cpu:.0f}",
         ]
         for r in runs
     )
@@ -422,14 +469,17 @@ async def main_async(args: argparse.Namespace) -> None:
             "readings/s stored",
             "lost (consumer, database)",
             "seconds",
-            "CPU % of consumer process",
+            "CPU %: consumer / broker / VM / publisher",
+            "other processes CPU %",
         ],
         rows,
     )
     print(
         f"msg/s end to end = messages / (first publish -> last point acknowledged by "
-        f"VictoriaMetrics). Broker 'dropped' notices: {dropped}. Load average before/after: "
-        f"{load_before} / {loadavg()}. Bench wall time {time.monotonic() - t_bench:.0f} s."
+        "VictoriaMetrics); CPU % = CPU seconds / those seconds (100 = one core); 'other "
+        "processes' is what everything else on the machine used meanwhile. "
+        f"Broker 'dropped' notices: {dropped}. Load average before/after: {load_before} / "
+        f"{loadavg()}. Bench wall time {time.monotonic() - t_bench:.0f} s."
     )
     if profile_text:
         print("\ncProfile of the pipeline process (event-loop thread), top 30 by own time:\n")
@@ -440,7 +490,8 @@ def _print_run(r: E2ERun) -> None:
     print(
         f"  {r.name:52} {r.rate:>9,.0f} msg/s  consumed {r.consumed:,}/{r.published:,}  "
         f"stored {r.stored_readings:,}/{r.expected_readings:,} readings  {r.seconds:.1f} s  "
-        f"publisher {r.publisher_rate:,.0f} msg/s  {r.notes}",
+        f"other processes {r.other_cpu:.0f}% CPU  publisher {r.publisher_rate:,.0f} msg/s  "
+        f"{r.notes}",
         flush=True,
     )
 
@@ -455,6 +506,9 @@ def main() -> None:
         "--baseline-messages", type=int, default=0, help="fewer messages for the baseline"
     )
     parser.add_argument("--profile", action="store_true", help="one more run under cProfile")
+    parser.add_argument(
+        "--protocol", choices=["5", "3.1.1"], default="5", help="MqttOptions.protocol"
+    )
     args = parser.parse_args()
     for key, value in machine_info():
         print(f"{key:12} {value}")

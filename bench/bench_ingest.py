@@ -1,6 +1,7 @@
 """Ingest throughput: receive + decode + validate in one process, and decode alone.
 
     python bench/bench_ingest.py [--messages 300000] [--repeat 3] [--qos1-messages 300000]
+                                 [--protocol 5|3.1.1]
 
 * decode only: ``NativeJsonDecoder.decode`` on micro-batches of 5,000 of the same
   simulator messages, no broker (orjson per payload, one pydantic-core validation
@@ -23,10 +24,12 @@ import asyncio
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 from _load import (
+    CpuMeter,
     LoadPublisher,
     Message,
     PacketFile,
@@ -35,6 +38,7 @@ from _load import (
     machine_info,
     mosquitto_dropped,
     print_table,
+    proc_cpu_s,
     sim_messages,
     start_mosquitto,
     write_packets,
@@ -67,6 +71,7 @@ class DecodeOnly:
     ok: int
     readings: int
     seconds: float
+    cpu_s: float
 
     @property
     def rate(self) -> float:
@@ -80,12 +85,13 @@ def decode_only(messages: list[Message]) -> DecodeOnly:
     now = time.time_ns()
     recv = [now] * len(messages)
     ok = readings = 0
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     for i in range(0, len(messages), BATCH):
         result = decoder.decode(topics[i : i + BATCH], payloads[i : i + BATCH], recv[i : i + BATCH])
         ok += result.messages_ok
         readings += len(result.batch)
-    return DecodeOnly(len(messages), ok, readings, time.perf_counter() - t0)
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    return DecodeOnly(len(messages), ok, readings, seconds, cpu)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +110,10 @@ class IngestRun:
     publisher_rate: float
     cpu_s: float
     batches: int
+    publisher_cpu_s: float
+    broker_cpu_s: float = 0.0
+    #: other processes' CPU during the run, % of one core
+    other_cpu: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -114,12 +124,16 @@ class IngestRun:
         return self.published - self.ok - self.dead
 
 
-async def receive_and_decode(packets: PacketFile, port: int) -> IngestRun:
+async def receive_and_decode(
+    packets: PacketFile, port: int, protocol: Literal["5", "3.1.1"]
+) -> IngestRun:
     qos = packets.qos
     buffer = MessageBuffer(BufferOptions(batch_max_messages=BATCH, batch_max_ms=200))
     decoder = new_decoder()
     client = MqttClient(
-        MqttOptions(port=port), subscriptions=(("urbanpulse/#", qos),), on_message=buffer.add
+        MqttOptions(port=port, protocol=protocol),
+        subscriptions=(("urbanpulse/#", qos),),
+        on_message=buffer.add,
     )
     mqtt_task = asyncio.create_task(client.run())
     try:
@@ -169,6 +183,7 @@ async def receive_and_decode(packets: PacketFile, port: int) -> IngestRun:
             publisher_rate=pub.rate,
             cpu_s=cpu,
             batches=batches,
+            publisher_cpu_s=pub.cpu_s,
         )
     finally:
         await client.stop()
@@ -182,9 +197,19 @@ async def main_async(args: argparse.Namespace) -> None:
     messages = sim_messages(n)
     print(f"{len(messages):,} simulator messages", flush=True)
 
-    decode_runs = [decode_only(messages[: args.messages]) for _ in range(args.repeat)]
-    for d in decode_runs:
-        print(f"  decode only   {d.rate:>10,.0f} msg/s  ok {d.ok:,}", flush=True)
+    decode_runs: list[DecodeOnly] = []
+    decode_other: list[float] = []
+    meter0 = CpuMeter()
+    for _ in range(args.repeat):
+        meter0.start()
+        d = decode_only(messages[: args.messages])
+        decode_runs.append(d)
+        decode_other.append(meter0.other_percent())
+        print(
+            f"  decode only   {d.rate:>10,.0f} msg/s  ok {d.ok:,}  "
+            f"(other processes {decode_other[-1]:.0f}% CPU)",
+            flush=True,
+        )
 
     runs: list[IngestRun] = []
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
@@ -192,13 +217,22 @@ async def main_async(args: argparse.Namespace) -> None:
         q0 = write_packets(messages[: args.messages], 0, work / "q0")
         q1 = write_packets(messages[: args.qos1_messages], 1, work / "q1")
         server = start_mosquitto(work)
+        meter = CpuMeter(server.pid)
         try:
             for _ in range(args.repeat):
                 for packets in (q0, q1):
-                    run = await receive_and_decode(packets, server.port)
+                    broker0 = proc_cpu_s(server.pid)
+                    meter.start()
+                    run = await receive_and_decode(packets, server.port, args.protocol)
+                    run = replace(
+                        run,
+                        broker_cpu_s=proc_cpu_s(server.pid) - broker0,
+                        other_cpu=meter.other_percent(),
+                    )
                     print(
                         f"  QoS {run.qos} ingest  {run.rate:>10,.0f} msg/s  "
-                        f"ok {run.ok:,}/{run.published:,}  lost {run.lost:,}",
+                        f"ok {run.ok:,}/{run.published:,}  lost {run.lost:,}  "
+                        f"(other processes {run.other_cpu:.0f}% CPU)",
                         flush=True,
                     )
                     runs.append(run)
@@ -207,17 +241,22 @@ async def main_async(args: argparse.Namespace) -> None:
             server.stop()
 
     rows: list[list[str]] = []
-    best_d = max(decode_runs, key=lambda d: d.rate)
+    i_best = max(range(len(decode_runs)), key=lambda i: decode_runs[i].rate)
+    best_d = decode_runs[i_best]
     rows.append(
         [
             "decode + validate only (no broker)",
             f"{best_d.messages:,}",
+            f"{best_d.rate:,.0f}",
             f"{statistics.median(d.rate for d in decode_runs):,.0f}",
             f"{min(d.rate for d in decode_runs):,.0f} - {max(d.rate for d in decode_runs):,.0f}",
             f"{best_d.readings / best_d.seconds:,.0f}",
             "-",
             f"{best_d.messages - best_d.ok:,} refused",
+            f"{best_d.cpu_s / best_d.seconds * 100:.0f}",
             "-",
+            "-",
+            f"{decode_other[i_best]:.0f}",
         ]
     )
     for qos in (0, 1):
@@ -226,8 +265,9 @@ async def main_async(args: argparse.Namespace) -> None:
         best = max(mine, key=lambda r: r.rate)
         rows.append(
             [
-                f"MqttClient + MessageBuffer + decode, QoS {qos}",
+                f"MqttClient (MQTT {args.protocol}) + MessageBuffer + decode, QoS {qos}",
                 f"{best.published:,}",
+                f"{best.rate:,.0f}",
                 f"{statistics.median(rates):,.0f}",
                 f"{min(rates):,.0f} - {max(rates):,.0f}",
                 f"{best.readings / best.seconds:,.0f}",
@@ -235,6 +275,9 @@ async def main_async(args: argparse.Namespace) -> None:
                 f"{sum(r.lost for r in mine):,} lost, {sum(r.dead for r in mine):,} refused, "
                 f"{sum(r.overflow for r in mine):,} overflow",
                 f"{best.cpu_s / best.seconds * 100:.0f}",
+                f"{best.broker_cpu_s / best.seconds * 100:.0f}",
+                f"{best.publisher_cpu_s / best.seconds * 100:.0f}",
+                f"{best.other_cpu:.0f}",
             ]
         )
     print_table(
@@ -242,12 +285,16 @@ async def main_async(args: argparse.Namespace) -> None:
         [
             "stage",
             "messages",
+            "msg/s (best)",
             "msg/s (median)",
             "msg/s (min - max)",
             "readings/s (best)",
             "msg/s first rcv -> last decoded (best)",
             "loss (all runs)",
             "CPU % of this process",
+            "broker CPU %",
+            "publisher CPU %",
+            "other processes CPU %",
         ],
         rows,
     )
@@ -259,7 +306,10 @@ async def main_async(args: argparse.Namespace) -> None:
             f"{r.seconds:.2f} s"
         )
     print(
-        f"Runs: {args.repeat} per row. Broker 'dropped' notices: {dropped}. "
+        f"Runs: {args.repeat} per row; columns after 'min - max' are of the fastest run; CPU % "
+        "= CPU seconds / run seconds (100 = one core); 'other processes' is what everything "
+        "else on the machine used meanwhile. "
+        f"Broker 'dropped' notices: {dropped}. "
         f"Load average before/after: {load_before} / {loadavg()}. "
         f"Bench wall time {time.monotonic() - t_bench:.0f} s."
     )
@@ -270,6 +320,9 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=300_000)
     parser.add_argument("--qos1-messages", type=int, default=300_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--protocol", choices=["5", "3.1.1"], default="5", help="MqttOptions.protocol"
+    )
     args = parser.parse_args()
     for key, value in machine_info():
         print(f"{key:12} {value}")

@@ -10,7 +10,8 @@ them. A client's rate is messages received / (first publish -> last message
 received), the same clock in both processes. The clients only count messages:
 
 * ``mosquitto_sub`` (C, libmosquitto) ``-C N`` writing to a file: the ceiling;
-* gmqtt through the project's ``MqttClient`` (MQTT 5, per-message callback);
+* gmqtt through the project's ``MqttClient`` (MQTT 5, the default, and 3.1.1; per-message
+  callback);
 * paho-mqtt 2.x, threaded network loop (``loop_start``), ``on_message`` counting;
 * aiomqtt 2.x, ``async for message in client.messages`` (on fewer messages: it is slow).
 """
@@ -26,16 +27,20 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 from _load import (
+    CpuMeter,
     LoadPublisher,
     PacketFile,
     await_probe,
+    loadavg,
     machine_info,
     mosquitto_dropped,
     print_table,
+    proc_cpu_s,
     send_probe,
     sim_messages,
     start_mosquitto,
@@ -88,6 +93,10 @@ class Run:
     publisher_rate: float
     #: CPU seconds of this (the receiving) process; NaN for mosquitto_sub.
     cpu_s: float
+    publisher_cpu_s: float
+    broker_cpu_s: float = 0.0
+    #: other processes' CPU during the run, % of one core
+    other_cpu: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -138,10 +147,11 @@ async def _measure(
         first_to_last_s=counter.t_last - counter.t_first,
         publisher_rate=pub.rate,
         cpu_s=cpu,
+        publisher_cpu_s=pub.cpu_s,
     )
 
 
-async def run_gmqtt(packets: PacketFile, port: int) -> Run:
+async def run_gmqtt(packets: PacketFile, port: int, protocol: Literal["5", "3.1.1"] = "5") -> Run:
     counter = Counter()
     add = counter.add
 
@@ -149,12 +159,15 @@ async def run_gmqtt(packets: PacketFile, port: int) -> Run:
         add()
 
     client = MqttClient(
-        MqttOptions(port=port), subscriptions=((TOPIC_FILTER, 0),), on_message=on_message
+        MqttOptions(port=port, protocol=protocol),
+        subscriptions=((TOPIC_FILTER, 0),),
+        on_message=on_message,
     )
     task = asyncio.create_task(client.run())
     try:
         await client.wait_connected(10)
-        return await _measure("gmqtt 0.8 (MqttClient, MQTT 5)", packets, port, counter)
+        name = f"gmqtt 0.8 (MqttClient, MQTT {protocol})"
+        return await _measure(name, packets, port, counter)
     finally:
         await client.stop()
         await task
@@ -257,6 +270,7 @@ async def run_mosquitto_sub(packets: PacketFile, port: int, workdir: Path) -> Ru
         first_to_last_s=float("nan"),
         publisher_rate=pub.rate,
         cpu_s=float("nan"),
+        publisher_cpu_s=pub.cpu_s,
     )
 
 
@@ -264,8 +278,9 @@ def _fmt(x: float, spec: str = ",.0f") -> str:
     return "n/a" if math.isnan(x) else format(x, spec)
 
 
-async def main_async(args: argparse.Namespace) -> str:
+async def main_async(args: argparse.Namespace) -> None:
     t0 = time.monotonic()
+    load_before = loadavg()
     n_max = max(args.messages, args.aiomqtt_messages)
     messages = sim_messages(n_max)
     mean_payload = statistics.fmean(len(p) for _, p in messages)
@@ -282,23 +297,42 @@ async def main_async(args: argparse.Namespace) -> str:
         server = start_mosquitto(work)
         try:
             runs: list[Run] = []
+            meter = CpuMeter(server.pid)
             plan: list[tuple[str, Callable[[], Awaitable[Run]]]] = [
                 ("mosquitto_sub", lambda: run_mosquitto_sub(full, server.port, work)),
-                ("gmqtt", lambda: run_gmqtt(full, server.port)),
+                ("gmqtt MQTT 5", lambda: run_gmqtt(full, server.port, "5")),
+                ("gmqtt MQTT 3.1.1", lambda: run_gmqtt(full, server.port, "3.1.1")),
                 ("paho", lambda: run_paho(full, server.port)),
             ]
             for _ in range(args.repeat):
                 for name, fn in plan:
+                    broker0 = proc_cpu_s(server.pid)
+                    meter.start()
                     run = await fn()
+                    run = replace(
+                        run,
+                        broker_cpu_s=proc_cpu_s(server.pid) - broker0,
+                        other_cpu=meter.other_percent(),
+                    )
                     print(
-                        f"  {name:14} {run.received:>8,}/{run.published:,} "
-                        f"{run.rate:>10,.0f} msg/s",
+                        f"  {name:16} {run.received:>8,}/{run.published:,} "
+                        f"{run.rate:>10,.0f} msg/s  (other processes {run.other_cpu:.0f}% CPU)",
                         flush=True,
                     )
                     runs.append(run)
             for _ in range(args.aiomqtt_repeat):
+                broker0 = proc_cpu_s(server.pid)
+                meter.start()
                 run = await run_aiomqtt(small, server.port)
-                print(f"  {'aiomqtt':14} {run.received:>8,}/{run.published:,} {run.rate:>10,.0f}")
+                run = replace(
+                    run,
+                    broker_cpu_s=proc_cpu_s(server.pid) - broker0,
+                    other_cpu=meter.other_percent(),
+                )
+                print(
+                    f"  {'aiomqtt':16} {run.received:>8,}/{run.published:,} "
+                    f"{run.rate:>10,.0f} msg/s  (other processes {run.other_cpu:.0f}% CPU)"
+                )
                 runs.append(run)
             dropped = mosquitto_dropped(server)
         finally:
@@ -314,35 +348,46 @@ async def main_async(args: argparse.Namespace) -> str:
                 client,
                 f"{best.published:,}",
                 str(len(mine)),
+                _fmt(best.rate),
                 _fmt(statistics.median(rates)),
                 f"{_fmt(min(rates))} - {_fmt(max(rates))}",
                 _fmt(best.received / best.first_to_last_s if best.first_to_last_s else 0.0),
                 _fmt(best.cpu_s / best.seconds * 100 if best.seconds else 0.0, ".0f"),
+                _fmt(best.broker_cpu_s / best.seconds * 100 if best.seconds else 0.0, ".0f"),
+                _fmt(best.publisher_cpu_s / best.seconds * 100 if best.seconds else 0.0, ".0f"),
+                _fmt(best.other_cpu, ".0f"),
                 f"{sum(r.lost for r in mine):,}",
-                _fmt(statistics.median(r.publisher_rate for r in mine)),
+                _fmt(best.publisher_rate),
             ]
         )
-    table = print_table(
+    print_table(
         "MQTT client receive rate (QoS 0, one process, loopback Mosquitto)",
         [
             "client",
             "messages",
             "runs",
+            "msg/s (best)",
             "msg/s (median)",
             "msg/s (min - max)",
             "msg/s first->last rcv (best)",
             "receiver CPU %",
+            "broker CPU %",
+            "publisher CPU %",
+            "other processes CPU %",
             "lost (all runs)",
             "publisher msg/s",
         ],
         rows,
     )
-    table += (
-        f"\nmsg/s = received / (first publish -> last message received). "
+    print(
+        "msg/s = received / (first publish -> last message received); CPU % = CPU seconds / "
+        "those seconds (100 = one core); columns after 'min - max' are of the fastest run; "
+        "'other processes' is CPU used meanwhile by everything else on the machine. "
         f"Mean payload {mean_payload:.0f} B, topic {mean_topic:.0f} B. "
-        f"Broker 'dropped' notices: {dropped}. Bench wall time {time.monotonic() - t0:.0f} s.\n"
+        f"Broker 'dropped' notices: {dropped}. Load average before/after: {load_before} / "
+        f"{loadavg()}. Bench wall time {time.monotonic() - t0:.0f} s.",
+        flush=True,
     )
-    return table
 
 
 def main() -> None:
