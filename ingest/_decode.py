@@ -1,11 +1,15 @@
-"""Native JSON decoding: a micro-batch of raw MQTT messages -> one ReadingBatch.
+"""Payload decoding: a micro-batch of raw MQTT messages -> one ReadingBatch.
 
 This is the ingest boundary. Each payload is parsed on its own (orjson, so one
-broken payload cannot bleed into its neighbours), the whole micro-batch is then
-validated by pydantic-core in a single call, and the validated dicts are turned
-straight into numpy columns. Range and clock-skew checks run vectorised on the
-columns. Every refused message becomes a :class:`DeadLetter` with a stable,
-machine-readable reason; nothing raises out of :meth:`NativeJsonDecoder.decode`.
+broken payload cannot bleed into its neighbours). The codec configured for its
+topic (``DecodeOptions.codecs``; native JSON by default, or SenML, airrohr, The
+Things Stack: ``ingest._codecs``) turns it into rows of native field names; the
+whole micro-batch is then validated by pydantic-core in a single call per kind,
+and the validated dicts are turned straight into numpy columns. Unit
+normalisation, range and clock-skew checks run vectorised on the columns. Every
+refused message becomes a :class:`DeadLetter` with a stable, machine-readable
+reason; nothing raises out of :meth:`NativeJsonDecoder.decode`. A message is
+accepted or refused as a whole, even when it carries several reading times.
 """
 
 from __future__ import annotations
@@ -22,18 +26,36 @@ import orjson
 from numpy.typing import NDArray
 from pydantic import TypeAdapter, ValidationError
 
+from ingest._codecs import (
+    CODEC_REASONS,
+    CodecRow,
+    CodecRule,
+    CompiledRule,
+    compile_rules,
+    topic_matches,
+)
 from ingest._models import UnknownFields, payload_model
 from ingest._topics import TopicError, TopicInfo, TopicPattern
+from ingest._units import Unit, normalise_units
 from urbanpulse._batch import DeadLetter, ReadingBatch, SeriesKey, SeriesRegistry
 from urbanpulse._clock import Clock
+from urbanpulse._errors import DecodeError
 from urbanpulse._schema import KIND_METRICS, METRIC_INFO, Kind, ReadingFlag, hard_limit_arrays
 
-__all__ = ["REASONS", "DecodeOptions", "DecodeResult", "NativeJsonDecoder", "TimestampUnit"]
+__all__ = [
+    "NATIVE_REASONS",
+    "REASONS",
+    "DecodeOptions",
+    "DecodeResult",
+    "NativeJsonDecoder",
+    "RadioBatch",
+    "TimestampUnit",
+]
 
 TimestampUnit = Literal["s", "ms", "us", "ns"]
 
-#: Every reason a message can be dead-lettered for (the counter labels).
-REASONS: Final = (
+#: The reasons of the native JSON path (names are stable: they are counter labels).
+NATIVE_REASONS: Final = (
     "topic_mismatch",
     "topic_reserved",
     "topic_bad_segment",
@@ -52,11 +74,15 @@ REASONS: Final = (
     "out_of_range",
 )
 
+#: Every reason a message can be dead-lettered for (the counter labels).
+REASONS: Final = (*NATIVE_REASONS, *CODEC_REASONS)
+
 _NS_PER_UNIT: Final[dict[str, int]] = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _US: Final = timedelta(microseconds=1)
 _MAX_US: Final = 9_000_000_000_000_000  # int64 ns overflows past year 2262
 _TOPIC_CACHE_MAX: Final = 200_000
+_RADIO_FIELDS: Final = ("sid", "ts_ns", "rssi_dbm", "snr_db", "gateways")
 
 _PYDANTIC_REASON: Final[dict[str, str]] = {
     "extra_forbidden": "unknown_field",
@@ -86,6 +112,33 @@ class DecodeOptions:
     max_past_s: float | None = 30 * 86400.0
     #: Per-field overrides of the hard physical limits, e.g. {"pm25": (0, 2000)}.
     limits: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: Codec per MQTT topic filter; the first matching rule wins, no match: native.
+    codecs: tuple[CodecRule, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RadioBatch:
+    """Link quality of accepted LoRaWAN (TTN) uplinks, one row per reading time:
+    RSSI and SNR of the strongest gateway and how many gateways heard it."""
+
+    sid: NDArray[np.int32]
+    ts_ns: NDArray[np.int64]
+    rssi_dbm: NDArray[np.float64]
+    snr_db: NDArray[np.float64]
+    gateways: NDArray[np.int32]
+
+    def __len__(self) -> int:
+        return int(self.sid.shape[0])
+
+    @classmethod
+    def empty(cls) -> RadioBatch:
+        return cls(
+            np.empty(0, np.int32),
+            np.empty(0, np.int64),
+            np.empty(0, np.float64),
+            np.empty(0, np.float64),
+            np.empty(0, np.int32),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +146,8 @@ class DecodeResult:
     batch: ReadingBatch
     dead: list[DeadLetter]
     messages_ok: int
+    #: Gateway metadata of the accepted TTN uplinks (not part of ``batch``).
+    radio: RadioBatch = field(default_factory=RadioBatch.empty)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +178,44 @@ class _KindCodec:
         )
 
 
+class _KindRows:
+    """Rows of one kind in arrival order; one message's rows are contiguous.
+
+    A native message is one row (its parsed object, validated later); a codec
+    message is one row per reading time (``CodecRow.fields``, validated the same way).
+    """
+
+    __slots__ = ("idx", "infos", "objs", "rows")
+
+    def __init__(self) -> None:
+        self.idx: list[int] = []
+        self.infos: list[TopicInfo] = []
+        self.objs: list[Any] = []
+        #: None for a native row.
+        self.rows: list[CodecRow | None] = []
+
+    def add(self, i: int, info: TopicInfo, obj: Any, row: CodecRow | None) -> None:
+        self.idx.append(i)
+        self.infos.append(info)
+        self.objs.append(obj)
+        self.rows.append(row)
+
+    def keep(self, positions: list[int]) -> None:
+        self.idx = [self.idx[p] for p in positions]
+        self.infos = [self.infos[p] for p in positions]
+        self.objs = [self.objs[p] for p in positions]
+        self.rows = [self.rows[p] for p in positions]
+
+
+_Route = tuple[CompiledRule | None, TopicInfo | TopicError, bool]
+
+
 class NativeJsonDecoder:
-    """Decodes native JSON payloads into columns; stateful only in its caches."""
+    """Decodes payloads into columns; stateful only in its caches.
+
+    Despite the name (kept for compatibility) it decodes every configured codec:
+    native JSON for topics no rule in ``options.codecs`` matches.
+    """
 
     def __init__(
         self,
@@ -139,31 +230,43 @@ class NativeJsonDecoder:
         self._registry = registry
         self._clock = clock
         self._codecs = {kind: _KindCodec(kind, options.unknown_fields) for kind in Kind}
+        self._rules = compile_rules(options.codecs, options.unknown_fields)
         self._low, self._high = hard_limit_arrays(options.limits)
         self._naive_tz = ZoneInfo(options.naive_timezone) if options.naive_timezone else None
         self._ns_per_unit = _NS_PER_UNIT[options.timestamp_unit]
-        self._topics: dict[str, TopicInfo | TopicError] = {}
-        self._sids: dict[tuple[str, int], int] = {}
+        self._topics: dict[str, _Route] = {}
+        self._sids: dict[tuple[str, str, int], int] = {}
 
     # -- topics and series ---------------------------------------------------------
-    def _topic(self, topic: str) -> TopicInfo | TopicError:
-        info = self._topics.get(topic)
-        if info is None:
+    def _route(self, topic: str) -> _Route:
+        """(rule or None for the default native codec, tags or error, id from payload?)."""
+        route = self._topics.get(topic)
+        if route is None:
+            rule = next((r for r in self._rules if topic_matches(r.rule.topic_filter, topic)), None)
+            info: TopicInfo | TopicError
+            from_payload = False
             try:
-                info = self._pattern.parse(topic)
+                if rule is None:
+                    info = self._pattern.parse(topic)
+                else:
+                    info, from_payload = rule.parse_topic(topic, self._pattern)
             except TopicError as exc:
                 info = exc
+            if rule is not None and rule.native:
+                rule = None
+            route = (rule, info, from_payload)
             if len(self._topics) >= _TOPIC_CACHE_MAX:
                 self._topics.clear()
-            self._topics[topic] = info
-        return info
+            self._topics[topic] = route
+        return route
 
     def _sid(self, topic: str, info: TopicInfo, lane: int) -> int:
-        sid = self._sids.get((topic, lane))
+        cache_key = (topic, info.sensor_id, lane)
+        sid = self._sids.get(cache_key)
         if sid is None:
             key = SeriesKey(info.city, info.district, info.kind, info.sensor_id, lane)
             sid = self._registry.resolve(key)
-            self._sids[(topic, lane)] = sid
+            self._sids[cache_key] = sid
         return sid
 
     # -- the batch ---------------------------------------------------------------------
@@ -171,13 +274,11 @@ class NativeJsonDecoder:
         self, topics: Sequence[str], payloads: Sequence[bytes], recv_ns: Sequence[int]
     ) -> DecodeResult:
         inbox = _Inbox(topics, payloads, recv_ns, [])
-        by_kind: dict[Kind, tuple[list[int], list[TopicInfo], list[Any]]] = {
-            kind: ([], [], []) for kind in Kind
-        }
+        by_kind = {kind: _KindRows() for kind in Kind}
         max_bytes = self._opts.max_payload_bytes
         loads = orjson.loads
         for i, topic in enumerate(topics):
-            info = self._topic(topic)
+            rule, info, from_payload = self._route(topic)
             if isinstance(info, TopicError):
                 inbox.reject(i, info.reason, info.detail)
                 continue
@@ -192,30 +293,46 @@ class NativeJsonDecoder:
             except orjson.JSONDecodeError as exc:
                 inbox.reject(i, "not_json", str(exc))
                 continue
-            idx, infos, objs = by_kind[info.kind]
-            idx.append(i)
-            infos.append(info)
-            objs.append(obj)
+            group = by_kind[info.kind]
+            if rule is None:
+                group.add(i, info, obj, None)
+                continue
+            try:
+                rows = rule.rows(obj, info.kind, recv_ns[i], from_payload)
+            except DecodeError as exc:
+                inbox.reject(i, exc.reason, exc.detail)
+                continue
+            except (ValueError, TypeError, OverflowError) as exc:  # pragma: no cover - defensive
+                inbox.reject(i, "invalid_field", f"{type(exc).__name__}: {exc}")
+                continue
+            for row in rows:
+                row_info = info
+                if row.sensor_id is not None:
+                    row_info = TopicInfo(info.city, info.district, info.kind, row.sensor_id)
+                group.add(i, row_info, row.fields, row)
 
         parts: list[ReadingBatch] = []
+        radios: list[RadioBatch] = []
         ok = 0
-        for kind, (idx, infos, objs) in by_kind.items():
-            if idx:
-                batch, n_ok = self._decode_kind(self._codecs[kind], inbox, idx, infos, objs)
+        for kind, group in by_kind.items():
+            if group.idx:
+                batch, radio, n_ok = self._decode_kind(self._codecs[kind], inbox, group)
                 parts.append(batch)
+                if len(radio):
+                    radios.append(radio)
                 ok += n_ok
-        return DecodeResult(ReadingBatch.concat(parts), inbox.dead, ok)
+        radio_all = RadioBatch.empty()
+        if radios:
+            radio_all = RadioBatch(
+                *(np.concatenate([getattr(r, f) for r in radios]) for f in _RADIO_FIELDS)
+            )
+        return DecodeResult(ReadingBatch.concat(parts), inbox.dead, ok, radio_all)
 
     @staticmethod
-    def _validate(
-        codec: _KindCodec,
-        inbox: _Inbox,
-        idx: list[int],
-        infos: list[TopicInfo],
-        objs: list[Any],
-    ) -> tuple[list[int], list[TopicInfo], list[dict[str, Any]]]:
+    def _validate(codec: _KindCodec, inbox: _Inbox, group: _KindRows) -> list[dict[str, Any]]:
+        """Validated dicts of ``group`` (which loses the rows of refused messages)."""
         try:
-            return idx, infos, codec.adapter.validate_python(objs)
+            return codec.adapter.validate_python(group.objs)
         except ValidationError as exc:
             first_error: dict[int, tuple[str, str]] = {}
             for err in exc.errors(include_url=False):
@@ -227,39 +344,49 @@ class NativeJsonDecoder:
                 where = ".".join(str(x) for x in loc[1:2])
                 first_error[pos] = (reason, f"{where}: {err['msg']}" if where else err["msg"])
         if not first_error:  # pragma: no cover - pydantic always locates list items
-            first_error = dict.fromkeys(range(len(objs)), ("invalid_field", "validation failed"))
-        for pos, (reason, detail) in first_error.items():
-            inbox.reject(idx[pos], reason, detail)
-        keep = [pos for pos in range(len(objs)) if pos not in first_error]
-        if not keep:
-            return [], [], []
-        idx = [idx[p] for p in keep]
-        infos = [infos[p] for p in keep]
-        return idx, infos, codec.adapter.validate_python([objs[p] for p in keep])
+            first_error = dict.fromkeys(
+                range(len(group.objs)), ("invalid_field", "validation failed")
+            )
+        refused: set[int] = set()
+        for pos in sorted(first_error):
+            i = group.idx[pos]
+            if i not in refused:
+                refused.add(i)
+                inbox.reject(i, *first_error[pos])
+        group.keep([p for p, i in enumerate(group.idx) if i not in refused])
+        if not group.idx:
+            return []
+        return codec.adapter.validate_python(group.objs)
 
     def _decode_kind(
-        self,
-        codec: _KindCodec,
-        inbox: _Inbox,
-        idx: list[int],
-        infos: list[TopicInfo],
-        objs: list[Any],
-    ) -> tuple[ReadingBatch, int]:
-        idx, infos, rows = self._validate(codec, inbox, idx, infos, objs)
-        n = len(rows)
+        self, codec: _KindCodec, inbox: _Inbox, group: _KindRows
+    ) -> tuple[ReadingBatch, RadioBatch, int]:
+        dicts = self._validate(codec, inbox, group)
+        n = len(dicts)
         if n == 0:
-            return ReadingBatch.empty(), 0
+            return ReadingBatch.empty(), RadioBatch.empty(), 0
+        idx = group.idx
         nan = math.nan
         values = np.empty((n, len(codec.fields)), dtype=np.float64)
         for j, name in enumerate(codec.fields):
-            values[:, j] = [d.get(name, nan) for d in rows]
-        ts_ns, ts_bad, flags = self._timestamps(rows, [inbox.recv_ns[i] for i in idx])
+            values[:, j] = [d.get(name, nan) for d in dicts]
+        ts_ns, ts_bad, flags = self._row_timestamps(dicts, group, inbox.recv_ns)
+
+        unit_bad = np.zeros(n, dtype=np.bool_)
+        coded = [p for p, row in enumerate(group.rows) if row is not None and row.units]
+        if coded:
+            units = np.zeros(values.shape, dtype=np.uint8)
+            col = {name: j for j, name in enumerate(codec.fields)}
+            for p in coded:
+                for name, unit in group.rows[p].units.items():  # type: ignore[union-attr]
+                    units[p, col[name]] = unit
+            values, mismatch = normalise_units(values, codec.codes, units)
+            unit_bad = np.any(mismatch, axis=1)
 
         present = ~np.isnan(values)
         low = self._low[codec.codes]
         high = self._high[codec.codes]
         out_of_range = present & ((values < low) | (values > high))
-        reject = ts_bad.copy()
         now_ns = self._clock.now_ns()
         future = ts_ns > now_ns + int(self._opts.max_future_s * 1e9)
         past = (
@@ -269,12 +396,23 @@ class NativeJsonDecoder:
         )
         no_metrics: NDArray[np.bool_] = ~np.any(present, axis=1)
         bad_range: NDArray[np.bool_] = np.any(out_of_range, axis=1)
-        rejected = reject | future | past | no_metrics | bad_range
-        if rejected.any():
-            for pos in np.flatnonzero(rejected).tolist():
+        rejected = ts_bad | unit_bad | future | past | no_metrics | bad_range
+
+        # A message is refused as a whole: rows are grouped by message (contiguous).
+        msg = np.asarray(idx, dtype=np.int64)
+        starts = np.flatnonzero(np.concatenate(([True], msg[1:] != msg[:-1])))
+        counts = np.diff(np.append(starts, n))
+        msg_rejected = np.logical_or.reduceat(rejected, starts)
+        if msg_rejected.any():
+            for g in np.flatnonzero(msg_rejected).tolist():
+                first = int(starts[g])
+                pos = first + int(np.argmax(rejected[first : first + int(counts[g])]))
                 if ts_bad[pos]:
                     reason = "bad_timestamp"
-                    detail = f"dateObserved={rows[pos].get('dateObserved')!r:.64}"
+                    detail = f"dateObserved={dicts[pos].get('dateObserved')!r:.64}"
+                elif unit_bad[pos]:
+                    reason = "unit_mismatch"
+                    detail = self._mismatch_detail(codec, values, pos, group)
                 elif no_metrics[pos]:
                     reason, detail = "no_metrics", f"none of {', '.join(codec.fields)}"
                 elif bad_range[pos]:
@@ -292,15 +430,16 @@ class NativeJsonDecoder:
                     reason = "timestamp_too_old"
                     detail = f"{(now_ns - ts_ns[pos]) / 1e9:.0f} s behind the receive clock"
                 inbox.reject(idx[pos], reason, detail)
-            keep = ~rejected
-            present &= keep[:, None]
+            rejected = np.repeat(msg_rejected, counts)
+            present &= ~rejected[:, None]
         # Series ids only for accepted messages: a refused sensor must not take a
         # permanent slot in the registry (and in every per-series state array).
         sids = np.zeros(n, dtype=np.int32)
         traffic = codec.kind is Kind.TRAFFIC
+        topics = inbox.topics
         for pos in np.flatnonzero(~rejected).tolist():
-            lane = int(rows[pos].get("laneId", 0)) if traffic else 0
-            sids[pos] = self._sid(inbox.topics[idx[pos]], infos[pos], lane)
+            lane = int(dicts[pos].get("laneId", 0)) if traffic else 0
+            sids[pos] = self._sid(topics[idx[pos]], group.infos[pos], lane)
         r, c = np.nonzero(present)  # row-major: one message's readings stay together
         batch = ReadingBatch(
             sid=sids[r],
@@ -309,7 +448,73 @@ class NativeJsonDecoder:
             value=values[r, c],
             flags=flags[r],
         )
-        return batch, int(n - np.count_nonzero(rejected))
+        radio = self._radio(group, sids, ts_ns, rejected)
+        return batch, radio, int(np.count_nonzero(~msg_rejected))
+
+    @staticmethod
+    def _mismatch_detail(
+        codec: _KindCodec, values: NDArray[np.float64], pos: int, group: _KindRows
+    ) -> str:
+        row = group.rows[pos]
+        units = row.units if row is not None else {}
+        bad = [
+            f"{name} cannot be given in {Unit(u).name}"
+            for name, u in units.items()
+            if np.isnan(values[pos, codec.fields.index(name)])
+        ]
+        return ", ".join(bad)
+
+    @staticmethod
+    def _radio(
+        group: _KindRows,
+        sids: NDArray[np.int32],
+        ts_ns: NDArray[np.int64],
+        rejected: NDArray[np.bool_],
+    ) -> RadioBatch:
+        pos = [
+            p
+            for p, row in enumerate(group.rows)
+            if row is not None and row.radio is not None and not rejected[p]
+        ]
+        if not pos:
+            return RadioBatch.empty()
+        radio = [group.rows[p].radio for p in pos]  # type: ignore[union-attr]
+        return RadioBatch(
+            sid=sids[pos],
+            ts_ns=ts_ns[pos],
+            rssi_dbm=np.array([r[0] for r in radio], dtype=np.float64),  # type: ignore[index]
+            snr_db=np.array([r[1] for r in radio], dtype=np.float64),  # type: ignore[index]
+            gateways=np.array([r[2] for r in radio], dtype=np.int32),  # type: ignore[index]
+        )
+
+    def _row_timestamps(
+        self, dicts: list[dict[str, Any]], group: _KindRows, recv: Sequence[int]
+    ) -> tuple[NDArray[np.int64], NDArray[np.bool_], NDArray[np.uint8]]:
+        """Native rows from ``dateObserved``; codec rows from the time their codec
+        resolved, or the receive time (flag RECEIVE_TIME) when the payload had none."""
+        rows = group.rows
+        idx = group.idx
+        native = [p for p, row in enumerate(rows) if row is None]
+        if len(native) == len(rows):
+            return self._timestamps(dicts, [recv[i] for i in idx])
+        n = len(rows)
+        ts = np.zeros(n, dtype=np.int64)
+        bad = np.zeros(n, dtype=np.bool_)
+        flags = np.zeros(n, dtype=np.uint8)
+        if native:
+            nts, nbad, nflags = self._timestamps(
+                [dicts[p] for p in native], [recv[idx[p]] for p in native]
+            )
+            ts[native], bad[native], flags[native] = nts, nbad, nflags
+        for p, row in enumerate(rows):
+            if row is None:
+                continue
+            if row.ts_ns is None:
+                ts[p] = recv[idx[p]]
+                flags[p] = ReadingFlag.RECEIVE_TIME
+            else:
+                ts[p] = row.ts_ns
+        return ts, bad, flags
 
     def _timestamps(
         self, rows: list[dict[str, Any]], recv: list[int]
