@@ -30,6 +30,9 @@ class RawBatch:
     topics: list[str]
     payloads: list[bytes]
     recv_ns: list[int]
+    #: Resolved once the batch is durable; the MQTT client then acknowledges
+    #: the batch's QoS 1 messages. None when no message of the batch awaits it.
+    ack: asyncio.Future[None] | None = None
 
     def __len__(self) -> int:
         return len(self.topics)
@@ -45,24 +48,48 @@ class MessageBuffer:
         self._payloads: list[bytes] = []
         self._recv: list[int] = []
         self._full = asyncio.Event()
+        self._ack: asyncio.Future[None] | None = None
+        #: Messages never acknowledged because the buffer was full (QoS 1: the
+        #: broker keeps them and redelivers after a reconnect).
+        self._held: asyncio.Future[None] | None = None
         self.received = 0
         self.overflow = 0
 
     def __len__(self) -> int:
         return len(self._topics)
 
-    def add(self, topic: str, payload: bytes, _qos: int = 0) -> None:
+    def add(self, topic: str, payload: bytes, qos: int = 0) -> asyncio.Future[None] | None:
+        """Buffer one message; for QoS > 0, return what its acknowledgement waits for."""
         self.received += 1
         topics = self._topics
         n = len(topics)
         if n >= self._opts.max_buffered_messages:
             self.overflow += 1
-            return
+            if qos:
+                if self._held is None:
+                    self._held = asyncio.get_running_loop().create_future()
+                return self._held
+            return None
         topics.append(topic)
         self._payloads.append(payload)
         self._recv.append(self._time_ns())
         if n + 1 >= self._opts.batch_max_messages:
             self._full.set()
+        if qos:
+            if self._ack is None:
+                self._ack = asyncio.get_running_loop().create_future()
+            return self._ack
+        return None
+
+    def release_held(self) -> None:
+        """After a disconnect: let the tasks of never-acknowledged messages finish.
+
+        Their connection is gone, so no acknowledgement reaches the broker, which
+        redelivers them to the next session.
+        """
+        if self._held is not None and not self._held.done():
+            self._held.set_result(None)
+        self._held = None
 
     async def wait_batch(self) -> None:
         """Return once the buffer is full or ``batch_max_ms`` has passed."""
@@ -72,7 +99,8 @@ class MessageBuffer:
             await asyncio.wait_for(self._full.wait(), self._opts.batch_max_ms / 1000)
 
     def take(self) -> RawBatch:
-        batch = RawBatch(self._topics, self._payloads, self._recv)
+        batch = RawBatch(self._topics, self._payloads, self._recv, self._ack)
         self._topics, self._payloads, self._recv = [], [], []
+        self._ack = None
         self._full.clear()
         return batch

@@ -40,8 +40,9 @@ __all__ = [
 log = logging.getLogger("urbanpulse.mqtt")
 
 #: Called for every message: (topic, payload, qos). Must be cheap: it runs on the
-#: event loop for each message.
-MessageHandler = Callable[[str, bytes, int], None]
+#: event loop for each message. With ``manual_ack`` it may return an awaitable;
+#: the message is acknowledged to the broker only once that completes.
+MessageHandler = Callable[[str, bytes, int], "Awaitable[None] | None"]
 
 #: CONNACK codes that retrying cannot fix (bad credentials, not authorised, banned).
 _PERMANENT_CONNACK = frozenset({1, 2, 4, 5, 132, 133, 134, 135, 138, 140})
@@ -103,6 +104,9 @@ class MqttOptions:
     receive_maximum: int | None = None
     connect_timeout_s: float = 10.0
     backoff: BackoffOptions = field(default_factory=BackoffOptions)
+    #: Acknowledge QoS 1 messages only when the handler's awaitable completes
+    #: (at-least-once to storage). Off: acknowledged on receipt.
+    manual_ack: bool = False
 
 
 @dataclass(slots=True)
@@ -230,7 +234,7 @@ class MqttClient:
         client = gmqtt.Client(
             self._client_id,
             clean_session=self._opts.clean_start,
-            optimistic_acknowledgement=True,
+            optimistic_acknowledgement=not self._opts.manual_ack,
             logger=logging.getLogger("urbanpulse.mqtt.gmqtt"),
             **props,
         )
@@ -244,13 +248,23 @@ class MqttClient:
                 handler(topic if type(topic) is str else _topic_text(topic), payload, qos)
             return 0
 
+        async def on_message_acked(
+            _c: Any, topic: Any, payload: bytes, qos: int, _props: Any
+        ) -> int:
+            # gmqtt sends the PUBACK when this coroutine returns.
+            if handler is not None:
+                waiter = handler(topic if type(topic) is str else _topic_text(topic), payload, qos)
+                if waiter is not None:
+                    await waiter
+            return 0
+
         def on_disconnect(c: Any, _packet: Any, _exc: Any = None) -> None:
             # Stop gmqtt's own fixed-delay reconnect: our loop owns reconnection.
             c._is_active = False
             if c is self._client:
                 self._lost.set()
 
-        client.on_message = on_message
+        client.on_message = on_message_acked if self._opts.manual_ack else on_message
         client.on_disconnect = on_disconnect
         return client
 

@@ -133,7 +133,8 @@ def test_run_then_sigterm_flushes_everything(
     rows = victoria_metrics.export('{__name__=~"air_pm25|traffic_intensity"}')
     samples = sum(len(r["values"]) for r in rows)
     assert samples >= N  # every message carries pm25 (air) or intensity (traffic)
-    assert (tmp_path / "state" / "windows.npz").exists()
+    assert (tmp_path / "state" / "state.npz").exists()
+    assert json.loads((tmp_path / "state" / "checkpoint.json").read_text())["seq"] > 0
 
 
 def test_demo_runs_without_external_services(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from processors._windows import WindowSpec
 from sim._runner import SimOptions
 from urbanpulse._config import MqttSettings, OutputSettings, Settings
 from urbanpulse._pipeline import Pipeline, PipelineOptions
+from urbanpulse._spool import SpoolOptions
 
 __all__ = [
     "MqttPublisher",
@@ -37,7 +38,10 @@ __all__ = [
 ]
 
 
-def mqtt_options(m: MqttSettings, *, client_id: str | None = None) -> MqttOptions:
+def mqtt_options(
+    m: MqttSettings, *, client_id: str | None = None, durable_acks: bool = False
+) -> MqttOptions:
+    """Client options; ``durable_acks``: acknowledge QoS 1 only once spooled."""
     tls = None
     if m.tls.enabled:
         tls = TlsOptions(
@@ -57,8 +61,10 @@ def mqtt_options(m: MqttSettings, *, client_id: str | None = None) -> MqttOption
         keepalive_s=m.keepalive_s,
         clean_start=m.clean_start,
         session_expiry_s=m.session_expiry_s,
-        receive_maximum=m.receive_maximum,
+        # Acks wait for the spool's fsync, so let the broker keep many in flight.
+        receive_maximum=m.receive_maximum or (65535 if durable_acks else None),
         backoff=BackoffOptions(initial_s=m.reconnect_initial_s, max_s=m.reconnect_max_s),
+        manual_ack=durable_acks,
     )
 
 
@@ -100,6 +106,17 @@ def pipeline_options(s: Settings, *, state_dir: Path | None = None) -> PipelineO
         state_dir=state_dir if state_dir is not None else s.state_dir,
         stats_interval_s=s.log.stats_interval_s,
         shutdown_timeout_s=s.shutdown_timeout_s,
+        spool=SpoolOptions(
+            directory=s.spool.directory,
+            fsync=s.spool.fsync,
+            fsync_interval_s=s.spool.fsync_interval_s,
+            segment_bytes=s.spool.segment_bytes,
+            max_bytes=s.spool.max_bytes,
+            full_policy=s.spool.full_policy,
+        )
+        if s.spool.enabled
+        else None,
+        checkpoint_interval_s=s.spool.checkpoint_interval_s,
     )
 
 
@@ -153,7 +170,10 @@ def build_pipeline(
     m = mqtt_settings or s.mqtt
     pipeline_writer = writer if writer is not None else make_writer(s.output)
     pipeline = Pipeline(opts, writer=pipeline_writer)
-    pipeline.attach_mqtt(MqttClient(mqtt_options(m), subscriptions=pipeline.subscription))
+    durable = opts.spool is not None and m.qos == 1
+    pipeline.attach_mqtt(
+        MqttClient(mqtt_options(m, durable_acks=durable), subscriptions=pipeline.subscription)
+    )
     return pipeline
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "OutputSettings",
     "Settings",
     "SimSettings",
+    "SpoolSettings",
     "TlsSettings",
     "WindowSettings",
     "load_settings",
@@ -209,6 +210,23 @@ class SimSettings(_Section):
     ts_format: Literal["epoch_s", "iso"] = "epoch_s"
 
 
+class SpoolSettings(_Section):
+    """The write-ahead disk spool (see docs/reliability.md)."""
+
+    enabled: bool = True
+    directory: Path = Path("var/spool")
+    #: "always": fsync each micro-batch before its messages are acknowledged;
+    #: "interval": at most every fsync_interval_s (acks wait for it); "never".
+    fsync: Literal["always", "interval", "never"] = "always"
+    fsync_interval_s: float = Field(0.2, gt=0)
+    segment_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024)
+    max_bytes: int = Field(2 * 1024**3, ge=1024 * 1024)
+    #: At the cap: "block" stops intake (QoS 1 messages wait at the broker);
+    #: "drop_oldest" deletes the oldest unwritten segment, counted as lost.
+    full_policy: Literal["block", "drop_oldest"] = "block"
+    checkpoint_interval_s: float = Field(30.0, gt=0)
+
+
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "text"
@@ -230,6 +248,7 @@ class Settings(BaseSettings):
     output: OutputSettings = OutputSettings()
     sim: SimSettings = SimSettings()
     log: LogSettings = LogSettings()
+    spool: SpoolSettings = SpoolSettings()
     #: Open windows and the series registry are checkpointed here on a clean
     #: stop and restored on start; empty to keep no state.
     state_dir: Path | None = Path("var/state")

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,18 +28,20 @@ from ingest._topics import TopicPattern
 from outputs._influx import LineWriter
 from outputs._lineprotocol import TagCache, encode_aggregates, encode_readings
 from outputs._stage import OutputStage, StageOptions
-from processors._windows import MultiWindows, WindowSpec
+from processors._dedup import DuplicateFilter
+from processors._windows import MultiWindows, WindowAggregates, WindowSpec
 from urbanpulse._batch import ReadingBatch, SeriesKey, SeriesRegistry
 from urbanpulse._clock import Clock, SystemClock
 from urbanpulse._errors import UrbanPulseError
 from urbanpulse._schema import Kind, ReadingFlag
+from urbanpulse._spool import Record, Spool, SpoolOptions
 
 __all__ = ["Pipeline", "PipelineOptions", "PipelineStats", "ProcessResult"]
 
 log = logging.getLogger("urbanpulse.pipeline")
 
-_STATE_FILE = "windows.npz"
-_REGISTRY_FILE = "series.json"
+_STATE_FILE = "state.npz"
+_META_FILE = "checkpoint.json"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,6 +63,13 @@ class PipelineOptions:
     state_dir: Path | None = None
     shutdown_timeout_s: float = 30.0
     stats_interval_s: float = 10.0
+    #: The write-ahead disk spool; None keeps no journal (demo, tests).
+    spool: SpoolOptions | None = None
+    #: How often window state is checkpointed (bounds the journal replayed after
+    #: a crash); the state is also checkpointed on every clean stop.
+    checkpoint_interval_s: float = 30.0
+    #: Recent timestamps remembered per series to drop redelivered duplicates.
+    dedup_depth: int = 4
 
 
 @dataclass(slots=True)
@@ -68,6 +78,9 @@ class PipelineStats:
     messages_ok: int = 0
     readings: int = 0
     late_readings: int = 0
+    duplicates: int = 0
+    replayed_records: int = 0
+    spool_blocked_s: float = 0.0
     aggregates: dict[int, int] = field(default_factory=dict)
     points_skipped: int = 0
     process_seconds: float = 0.0
@@ -75,11 +88,13 @@ class PipelineStats:
 
 @dataclass(frozen=True, slots=True)
 class ProcessResult:
-    """What one micro-batch produced (for tests and the output stage)."""
+    """What one micro-batch produced (for tests, the spool and the output stage)."""
 
     batch: ReadingBatch
     lines: list[tuple[bytes, int]]
     closed: dict[int, int]
+    aggregates: list[WindowAggregates]
+    new_keys: list[SeriesKey]
 
 
 class Pipeline:
@@ -98,15 +113,28 @@ class Pipeline:
             options.decode, pattern=self.pattern, registry=self.registry, clock=self.clock
         )
         self.windows = MultiWindows(options.windows)
+        self.dedup = DuplicateFilter(options.dedup_depth)
         self.tags = TagCache(self.registry)
         self.buffer = MessageBuffer(options.buffer, time_ns=self.clock.now_ns)
         self.deadletters = DeadLetterSink(options.deadletter_prefix, None)
         self.writer = writer
-        self.stage = OutputStage(writer, options.stage)
+        self.spool = Spool(options.spool) if options.spool is not None else None
+        self.stage = OutputStage(
+            writer,
+            options.stage,
+            on_committed=self._committed if self.spool else None,
+            loader=self._load_bodies if self.spool else None,
+        )
         self.mqtt: MqttClient | None = None
         self.stats = PipelineStats()
         self._stop = asyncio.Event()
-        self._restore()
+        self._checkpoint_seq = 0
+        self._last_checkpoint_s = time.monotonic()
+        self._unsynced_acks: list[asyncio.Future[None]] = []
+        self._last_sync_s = time.monotonic()
+        self._cursor: Any = None
+        self._cursor_next = 0
+        self._recover()
 
     @property
     def subscription(self) -> tuple[tuple[str, int], ...]:
@@ -123,79 +151,192 @@ class Pipeline:
 
         self.deadletters = DeadLetterSink(self.options.deadletter_prefix, publish)
 
+    @property
+    def _checkpoint_dir(self) -> Path | None:
+        if self.options.state_dir is not None:
+            return self.options.state_dir
+        if self.options.spool is not None:
+            return self.options.spool.directory / "checkpoint"
+        return None
+
     # -- the synchronous core ----------------------------------------------------------
     def process(self, raw: RawBatch) -> ProcessResult:
+        """Decode, deduplicate, window and encode one raw micro-batch."""
         started = time.perf_counter()
+        n_series = len(self.registry)
         result = self.decoder.decode(raw.topics, raw.payloads, raw.recv_ns)
         self.deadletters.handle(result.dead)
-        batch = result.batch
+        batch, n_dup = self.dedup.apply(result.batch)
+        self.stats.duplicates += n_dup
         updates = self.windows.update(batch)
-        finest = min(updates)
-        late = updates[finest].late_mask
+        late = updates[min(updates)].late_mask
         if late.any():
             flags = batch.flags.copy()
             flags[late] |= np.uint8(ReadingFlag.LATE)
             batch = ReadingBatch(batch.sid, batch.metric, batch.ts_ns, batch.value, flags)
             self.stats.late_readings += int(np.count_nonzero(late))
+        aggregates = [u.closed for u in updates.values()]
+        lines = self._encode(batch, aggregates)
+        closed: dict[int, int] = {}
+        for agg in aggregates:
+            closed[agg.window_ms] = len(agg)
+            if len(agg):
+                self.stats.aggregates[agg.window_ms] = self.stats.aggregates.get(
+                    agg.window_ms, 0
+                ) + len(agg)
+        self.stats.batches += 1
+        self.stats.messages_ok += result.messages_ok
+        self.stats.readings += len(batch)
+        self.stats.process_seconds += time.perf_counter() - started
+        new_keys = [self.registry.key(i) for i in range(n_series, len(self.registry))]
+        return ProcessResult(batch, lines, closed, aggregates, new_keys)
+
+    def _encode(
+        self, batch: ReadingBatch, aggregates: list[WindowAggregates]
+    ) -> list[tuple[bytes, int]]:
         self.tags.sync()
         lines: list[tuple[bytes, int]] = []
         if self.options.write_raw and len(batch):
             enc = encode_readings(batch, self.tags)
             lines.append((enc.data, enc.points))
             self.stats.points_skipped += enc.skipped_no_fields + enc.skipped_invalid_tags
-        closed: dict[int, int] = {}
-        for width_ms, update in updates.items():
-            n = len(update.closed)
-            closed[width_ms] = n
-            if n:
-                enc = encode_aggregates(update.closed, self.tags)
+        for agg in aggregates:
+            if len(agg):
+                enc = encode_aggregates(agg, self.tags)
                 lines.append((enc.data, enc.points))
-                self.stats.aggregates[width_ms] = self.stats.aggregates.get(width_ms, 0) + n
-        self.stats.batches += 1
-        self.stats.messages_ok += result.messages_ok
-        self.stats.readings += len(batch)
-        self.stats.process_seconds += time.perf_counter() - started
-        return ProcessResult(batch, lines, closed)
+        return lines
 
-    # -- state across runs ----------------------------------------------------------------
-    def _restore(self) -> None:
-        state_dir = self.options.state_dir
-        if state_dir is None:
+    # -- spool, checkpoints and recovery -------------------------------------------------------
+    def _load_bodies(self, seq: int) -> list[tuple[bytes, int]]:
+        """The line protocol of a spooled record, regenerated from the journal."""
+        assert self.spool is not None
+        if self._cursor is None or self._cursor_next != seq:
+            self._cursor = self.spool.records(seq)
+        try:
+            record: Record = next(self._cursor)
+        except StopIteration:
+            self._cursor = self.spool.records(seq)
+            record = next(self._cursor)
+        if record.seq != seq:
+            raise UrbanPulseError(f"spool record {seq} is missing (found {record.seq})")
+        self._cursor_next = seq + 1
+        return self._encode(record.batch, record.closed)
+
+    def _committed(self, seq: int) -> None:
+        assert self.spool is not None
+        self.spool.set_committed(seq)
+        self.spool.truncate_committed(keep_from_seq=self._checkpoint_seq + 1)
+
+    def _recover(self) -> None:
+        """Restore the last checkpoint, then replay the spool records after it."""
+        seq = self._load_checkpoint()
+        if self.spool is None:
             return
-        reg_path, win_path = state_dir / _REGISTRY_FILE, state_dir / _STATE_FILE
-        if not (reg_path.exists() and win_path.exists()):
-            return
-        keys = json.loads(reg_path.read_text(encoding="utf-8"))
-        for city, district, kind, sensor_id, lane in keys:
+        status = self.spool.status()
+        if status.first_seq is not None and status.first_seq > seq + 1:
+            raise UrbanPulseError(
+                f"spool {status.directory} starts at record {status.first_seq} but the "
+                f"checkpoint is at {seq}: window state cannot be rebuilt. Restore the "
+                f"checkpoint, or move the spool aside (its records are then not written)."
+            )
+        replayed = 0
+        for record in self.spool.records(seq + 1):
+            for key in record.new_keys:
+                self.registry.resolve(key)
+            self.dedup.apply(record.batch)
+            self.windows.update(record.batch)
+            replayed += 1
+        self.stats.replayed_records = replayed
+        committed = self.spool.committed_seq
+        if self.spool.last_seq > committed:
+            first = max(committed + 1, status.first_seq or committed + 1)
+            self.stage.enqueue_spilled(range(first, self.spool.last_seq + 1))
+        if replayed or self.spool.last_seq > committed:
+            log.info(
+                "recovered from the spool",
+                extra={
+                    "checkpoint_seq": seq,
+                    "replayed_records": replayed,
+                    "unwritten_records": self.spool.last_seq - committed,
+                    "series": len(self.registry),
+                    "open_windows": self.windows.open_windows,
+                    "quarantined": status.quarantined,
+                },
+            )
+
+    def _load_checkpoint(self) -> int:
+        cdir = self._checkpoint_dir
+        if cdir is None:
+            return 0
+        meta_path, state_path = cdir / _META_FILE, cdir / _STATE_FILE
+        if not (meta_path.exists() and state_path.exists()):
+            return 0
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        for city, district, kind, sensor_id, lane in meta["keys"]:
             self.registry.resolve(SeriesKey(city, district, Kind(kind), sensor_id, lane))
-        with np.load(win_path) as snap:
-            restored = MultiWindows.restore({k: snap[k] for k in snap.files})
-        saved = sorted((w.spec for w in restored.windows.values()), key=lambda s: s.window_ms)
+        with np.load(state_path) as snap:
+            arrays = {k: snap[k] for k in snap.files}
+        windows = {k[len("w.") :]: v for k, v in arrays.items() if k.startswith("w.")}
+        dedup = {k[len("d.") :]: v for k, v in arrays.items() if k.startswith("d.")}
+        if dedup:
+            self.dedup = DuplicateFilter.restore(dedup)
+        restored = MultiWindows.restore(windows) if windows else None
         wanted = sorted(self.options.windows, key=lambda s: s.window_ms)
-        if saved != wanted:
-            log.warning("window settings changed since the checkpoint; starting with empty windows")
-            return
-        self.windows = restored
-        log.info(
-            "restored window state",
-            extra={"series": len(self.registry), "open_windows": restored.open_windows},
+        saved = (
+            sorted((w.spec for w in restored.windows.values()), key=lambda s: s.window_ms)
+            if restored is not None
+            else []
         )
+        if restored is not None and saved == wanted:
+            self.windows = restored
+        else:
+            log.warning("window settings changed since the checkpoint; starting with empty windows")
+        seq = int(meta.get("seq", 0))
+        self._checkpoint_seq = seq
+        log.info(
+            "restored checkpoint",
+            extra={
+                "seq": seq,
+                "series": len(self.registry),
+                "open_windows": self.windows.open_windows,
+            },
+        )
+        return seq
 
     def checkpoint(self) -> None:
-        state_dir = self.options.state_dir
-        if state_dir is None:
+        """Persist window state, the duplicate filter and the registry, atomically."""
+        cdir = self._checkpoint_dir
+        if cdir is None:
             return
-        state_dir.mkdir(parents=True, exist_ok=True)
+        seq = self.spool.last_seq if self.spool is not None else 0
+        if self.spool is not None:
+            self.spool.sync()
+        cdir.mkdir(parents=True, exist_ok=True)
         keys = [
             [k.city, k.district, int(k.kind), k.sensor_id, k.lane] for k in self.registry.all_keys()
         ]
-        tmp_reg = state_dir / (_REGISTRY_FILE + ".tmp")
-        tmp_reg.write_text(json.dumps(keys), encoding="utf-8")
-        tmp_win = state_dir / (_STATE_FILE + ".tmp.npz")
+        arrays = {f"w.{k}": v for k, v in self.windows.snapshot().items()}
+        arrays.update({f"d.{k}": v for k, v in self.dedup.snapshot().items()})
+        tmp_state = cdir / (_STATE_FILE + ".tmp.npz")
         savez: Any = np.savez  # numpy's stub types **arrays as its keyword flags
-        savez(tmp_win, **self.windows.snapshot())
-        tmp_reg.replace(state_dir / _REGISTRY_FILE)
-        tmp_win.replace(state_dir / _STATE_FILE)
+        savez(tmp_state, **arrays)
+        tmp_meta = cdir / (_META_FILE + ".tmp")
+        tmp_meta.write_text(json.dumps({"seq": seq, "keys": keys}), encoding="utf-8")
+        # The state first, then the meta that names its seq: a crash in between
+        # leaves the old meta with the new state, which replay from the old seq
+        # would double count, so both are fsynced and the meta is renamed last.
+        for path in (tmp_state, tmp_meta):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(tmp_state, cdir / _STATE_FILE)
+        os.replace(tmp_meta, cdir / _META_FILE)
+        self._checkpoint_seq = seq
+        self._last_checkpoint_s = time.monotonic()
+        if self.spool is not None:
+            self.spool.truncate_committed(keep_from_seq=seq + 1)
 
     # -- the asynchronous runtime -----------------------------------------------------------
     def request_stop(self) -> None:
@@ -203,13 +344,61 @@ class Pipeline:
 
     async def _handle(self, raw: RawBatch) -> None:
         result = self.process(raw)
-        for data, points in result.lines:
-            await self.stage.submit(data, points)
+        seq = 0
+        spool = self.spool
+        if spool is not None and (
+            len(result.batch) or result.new_keys or any(result.closed.values())
+        ):
+            if spool.would_block():
+                blocked = time.monotonic()
+                log.error("spool full: pausing intake until the database catches up")
+                while spool.would_block():
+                    await asyncio.sleep(0.2)
+                self.stats.spool_blocked_s += time.monotonic() - blocked
+            seq = spool.append(result.new_keys, result.batch, result.aggregates)
+            await self._sync_and_ack(raw.ack)
+        elif raw.ack is not None and not raw.ack.done():
+            raw.ack.set_result(None)  # nothing durable to wait for (all refused)
+        await self.stage.submit_record(result.lines, seq)
+        if time.monotonic() - self._last_checkpoint_s >= self.options.checkpoint_interval_s:
+            self.checkpoint()
+
+    async def _sync_and_ack(self, ack: asyncio.Future[None] | None) -> None:
+        assert self.spool is not None
+        if ack is not None:
+            self._unsynced_acks.append(ack)
+        policy = self.spool.opts.fsync
+        due = time.monotonic() - self._last_sync_s >= self.spool.opts.fsync_interval_s
+        if policy == "always" or (policy == "interval" and due):
+            await asyncio.to_thread(self.spool.sync)
+            self._last_sync_s = time.monotonic()
+        elif policy == "interval":
+            return  # acknowledged by the next sync
+        for fut in self._unsynced_acks:
+            if not fut.done():
+                fut.set_result(None)
+        self._unsynced_acks.clear()
+
+    async def _periodic_sync(self) -> None:
+        """Under the ``interval`` fsync policy, acknowledge what waits for a sync."""
+        assert self.spool is not None
+        interval = self.spool.opts.fsync_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            if self._unsynced_acks:
+                await asyncio.to_thread(self.spool.sync)
+                self._last_sync_s = time.monotonic()
+                for fut in self._unsynced_acks:
+                    if not fut.done():
+                        fut.set_result(None)
+                self._unsynced_acks.clear()
 
     async def run(self) -> None:
         """Run until request_stop(); then drain, flush and checkpoint."""
         writer_task = asyncio.create_task(self.stage.run(), name="output-stage")
-        stats_task = asyncio.create_task(self._log_stats(), name="stats")
+        side_tasks = [asyncio.create_task(self._log_stats(), name="stats")]
+        if self.spool is not None and self.spool.opts.fsync == "interval":
+            side_tasks.append(asyncio.create_task(self._periodic_sync(), name="spool-sync"))
         mqtt_task: asyncio.Task[None] | None = None
         if self.mqtt is not None:
             mqtt_task = asyncio.create_task(self.mqtt.run(), name="mqtt")
@@ -227,14 +416,21 @@ class Pipeline:
         finally:
             stop_wait.cancel()
             await self._shutdown(writer_task, mqtt_task)
-            stats_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await stats_task
+            for task in side_tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             self.log_stats("final")
 
     async def _shutdown(
         self, writer_task: asyncio.Task[None], mqtt_task: asyncio.Task[None] | None
     ) -> None:
+        """Stop reading, journal what is buffered, flush outputs, checkpoint.
+
+        The broker connection goes first: messages received after that point are
+        still processed and stored, but not acknowledged, so a persistent session
+        gets them again (and the duplicate filter drops the repeat).
+        """
         log.info("stopping: draining buffered messages and flushing outputs")
         if self.mqtt is not None:
             await self.mqtt.stop()
@@ -243,17 +439,28 @@ class Pipeline:
                 await mqtt_task
         if len(self.buffer):
             await self._handle(self.buffer.take())
+        self.buffer.release_held()
+        if self.spool is not None:
+            self.spool.sync()
+        for fut in self._unsynced_acks:
+            if not fut.done():
+                fut.set_result(None)
+        self._unsynced_acks.clear()
         try:
             await asyncio.wait_for(self.stage.close(), self.options.shutdown_timeout_s)
         except TimeoutError:
             log.error(
-                "shutdown timeout: points still unwritten",
-                extra={"pending_points": self.stage.pending_points},
+                "shutdown timeout: points still unwritten (kept in the spool)"
+                if self.spool is not None
+                else "shutdown timeout: points still unwritten",
+                extra={"pending_records": self.stage.pending_records},
             )
         writer_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await writer_task
         self.checkpoint()
+        if self.spool is not None:
+            self.spool.close()
         self.writer.close()
 
     def snapshot_stats(self) -> dict[str, Any]:
@@ -264,6 +471,7 @@ class Pipeline:
             "messages_ok": s.messages_ok,
             "readings": s.readings,
             "late_readings": s.late_readings,
+            "duplicates": s.duplicates,
             "dead_letters": dict(self.deadletters.by_reason),
             "deadletter_publish_failed": self.deadletters.publish_failed,
             "aggregates": {f"{k // 1000}s": v for k, v in sorted(s.aggregates.items())},
@@ -272,9 +480,23 @@ class Pipeline:
             "points_skipped": s.points_skipped,
             "write_retries": st.retries,
             "pending_points": self.stage.pending_points,
+            "pending_records": self.stage.pending_records,
             "open_windows": self.windows.open_windows,
             "series": len(self.registry),
         }
+        if self.spool is not None:
+            status = self.spool.status()
+            out["spool"] = {
+                "bytes": status.bytes,
+                "segments": status.segments,
+                "last_seq": status.last_seq,
+                "committed_seq": status.committed_seq,
+                "spilled_records": self.stage.spilled_records,
+                "replayed_records": s.replayed_records,
+                "dropped_records": status.dropped_records,
+                "quarantined": len(status.quarantined),
+                "blocked_s": round(s.spool_blocked_s, 1),
+            }
         if self.mqtt is not None:
             out["mqtt_connected"] = self.mqtt.connected
             out["mqtt_reconnects"] = max(0, self.mqtt.stats.connects - 1)

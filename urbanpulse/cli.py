@@ -211,8 +211,9 @@ async def _demo(settings: Settings, args: argparse.Namespace) -> int:
         if external
         else make_writer(settings.output.model_copy(update={"kind": "files"}), files_dir=files_dir)
     )
+    spool = settings.spool.model_copy(update={"directory": out_dir / "spool"})
     settings = settings.model_copy(
-        update={"mqtt": mqtt, "sim": sim, "state_dir": out_dir / "state"}
+        update={"mqtt": mqtt, "sim": sim, "state_dir": out_dir / "state", "spool": spool}
     )
     pipeline = build_pipeline(settings, writer=writer)
     # Event time starts a day back so that a fast replay stays behind the clock
