@@ -229,6 +229,12 @@ class Fleet:
     stream_key: NDArray[np.uint64]
     #: Hash key of each stream's sensor (shared by the lanes of a station).
     sensor_key: NDArray[np.uint64]
+    #: Road corridor of each traffic stream (index into ``corridors``), -1 for air.
+    corridor: NDArray[np.int64]
+    #: Position along the corridor in km; traffic flows towards larger positions,
+    #: so "upstream" of a station means a smaller position on the same corridor.
+    corridor_pos_km: NDArray[np.float64]
+    corridors: tuple[str, ...] = ()
 
     @classmethod
     def generate(
@@ -306,6 +312,12 @@ class Fleet:
         lane_col = np.concatenate([np.zeros(n_air, np.int64), lane_no])
         sensor_key = np.concatenate([air_keys, trf_keys[rep]])
         stream_key = mix64(sensor_key ^ (lane_col.astype(np.uint64) * salt(7)))
+        # Built-in cities have no road map: each district's stations form one
+        # corridor along a bearing derived from the district name.
+        bearing = _district_bearings(districts)[trf_district]
+        along = (trf_lat - d_lat[trf_district]) * np.cos(bearing) + (
+            trf_lon - d_lon[trf_district]
+        ) * np.sin(bearing)
         return cls(
             seed=seed,
             city=city,
@@ -324,6 +336,11 @@ class Fleet:
             sensor_id=tuple(air_ids) + tuple(trf_ids[i] for i in rep.tolist()),
             stream_key=stream_key,
             sensor_key=sensor_key,
+            corridor=np.concatenate([np.full(n_air, -1, np.int64), trf_district[rep]]).astype(
+                np.int64
+            ),
+            corridor_pos_km=np.concatenate([np.zeros(n_air), along[rep] * _KM_PER_DEG]),
+            corridors=tuple(districts),
         )
 
     @property
@@ -388,17 +405,29 @@ def _jitter(keys: _U64, n: int) -> NDArray[np.float64]:
     return (unit_uniform(derive(keys, n)) - 0.5) * 0.018
 
 
+_KM_PER_DEG: Final = 111.32
+
+
+def _name_keys(names: tuple[str, ...]) -> _U64:
+    return np.array(
+        [
+            int.from_bytes(hashlib.blake2b(d.encode(), digest_size=8).digest(), "little")
+            for d in names
+        ],
+        dtype=np.uint64,
+    )
+
+
+def _district_bearings(districts: tuple[str, ...]) -> NDArray[np.float64]:
+    """A fixed road bearing (radians from north) per district."""
+    return unit_uniform(derive(_name_keys(districts), 8)) * np.pi
+
+
 def _district_centres(
     districts: tuple[str, ...], lat: float, lon: float
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Pseudo-random but fixed district centres within ~6 km of the city centre."""
-    keys = np.array(
-        [
-            int.from_bytes(hashlib.blake2b(d.encode(), digest_size=8).digest(), "little")
-            for d in districts
-        ],
-        dtype=np.uint64,
-    )
+    keys = _name_keys(districts)
     return (
         lat + (unit_uniform(derive(keys, 5)) - 0.5) * 0.11,
         lon + (unit_uniform(derive(keys, 6)) - 0.5) * 0.11,

@@ -29,6 +29,24 @@ Model (local time is Asia/Jakarta, WIB = UTC+7, no DST):
   ``v = v_free (1 - occupancy / 0.75)`` with v_free 40-60 km/h, so speed
   drops as occupancy rises.
 
+Weather and space (``dynamics=True``, the default), also pure functions of
+(seed, position, time):
+
+* A regional field: six travelling plane waves (wavelengths 6-25 km, periods
+  8-40 h) summed to unit variance, evaluated at each sensor's position.
+  Neighbouring sensors see nearly the same value, sensors 10 km apart do not.
+  PM2.5 x exp(0.2 field); traffic demand x (1 + 0.05 field).
+* Rain: per hour of the city a seeded coin (probability 3 % at night up to 25 %
+  around 15:30 WIB, convective afternoon rain) with an intensity 0.3-1, over a
+  patchy footprint (a plane wave of ~15 km per rain hour). While it rains and
+  for a few hours after (e-folding 3 h for PM, 1.5 h for RH/T): PM is washed
+  out (x (1 - 0.55 w)), RH rises towards 96 % (+0.7 w (96 - RH)), the air cools
+  towards 24 C (-0.5 w (T - 24)) and traffic slows (x (1 - 0.12 r)).
+
+Regional haze episodes, humid fog and traffic incidents (with the queue
+spreading upstream along a corridor) are scenario events: see ``sim._faults``,
+which applies them on top of these values and labels them.
+
 Noise is an Irwin-Hall(4) approximation of a standard normal (bounded at
 +-3.46 sigma), which keeps every value inside documented ranges.
 """
@@ -49,6 +67,7 @@ __all__ = [
     "AirColumns",
     "TrafficColumns",
     "ValueModel",
+    "WeatherColumns",
     "local_hour",
     "pm_diurnal_factor",
     "traffic_demand",
@@ -145,11 +164,32 @@ class TrafficColumns:
     average_vehicle_speed: _F64
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class WeatherColumns:
+    """The weather a reading sees (see the module docstring)."""
+
+    #: Regional field (about unit variance), smooth in space and time.
+    field: _F64
+    #: Rain intensity now, 0-1.
+    rain: _F64
+    #: Recent-rain weights for PM (e-folding 3 h) and RH/temperature (1.5 h).
+    washout: _F64
+    wet: _F64
+
+
+_N_WAVES: Final = 6
+_RAIN_LOOKBACK_H: Final = 8
+_KM_PER_DEG: Final = 111.32
+
+
 class ValueModel:
     """Per-stream parameters of a fleet plus the value functions."""
 
-    def __init__(self, fleet: Fleet, *, traffic_period_s: float | None = None) -> None:
+    def __init__(
+        self, fleet: Fleet, *, traffic_period_s: float | None = None, dynamics: bool = True
+    ) -> None:
         self._fleet = fleet
+        self.dynamics = dynamics
         sk = fleet.sensor_key
         lk = fleet.stream_key
 
@@ -182,6 +222,75 @@ class ValueModel:
         self._wx_phase1 = float(phases[0]) + u(sk, 15, -0.3, 0.3)
         self._wx_phase2 = float(phases2[0]) + u(sk, 16, -0.3, 0.3)
 
+        # Positions in km from the fleet's centre, for the regional field.
+        lat0 = float(fleet.lat.mean()) if fleet.n_streams else 0.0
+        lon0 = float(fleet.lon.mean()) if fleet.n_streams else 0.0
+        self._y_km = (fleet.lat - lat0) * _KM_PER_DEG
+        self._x_km = (fleet.lon - lon0) * _KM_PER_DEG * math.cos(math.radians(lat0))
+        wk = derive(np.arange(_N_WAVES, dtype=np.uint64) ^ city, 40)
+        wavelength = 6.0 + 19.0 * unit_uniform(derive(wk, 1))
+        direction = 2 * np.pi * unit_uniform(derive(wk, 2))
+        period_h = 8.0 + 32.0 * unit_uniform(derive(wk, 3))
+        self._wave_kx = (2 * np.pi / wavelength * np.sin(direction))[None, :]
+        self._wave_ky = (2 * np.pi / wavelength * np.cos(direction))[None, :]
+        self._wave_w = (2 * np.pi / period_h / _HOUR_NS)[None, :]
+        self._wave_phi = (2 * np.pi * unit_uniform(derive(wk, 4)))[None, :]
+        self._city_key = city
+
+    def weather(self, stream: NDArray[np.intp], ts_ns: _I64) -> WeatherColumns:
+        """Regional field and rain at the streams' positions and times."""
+        x = self._x_km[stream][:, None]
+        y = self._y_km[stream][:, None]
+        t = (ts_ns % (400 * _DAY_NS)).astype(np.float64)[:, None]
+        field = np.sqrt(2.0 / _N_WAVES) * np.cos(
+            self._wave_kx * x + self._wave_ky * y - self._wave_w * t + self._wave_phi
+        ).sum(axis=1)
+        # Rain per city hour slot, for this hour and the ones before it:
+        # slot draws are computed once per distinct hour of the batch, the
+        # footprint only where it rains.
+        n = ts_ns.shape[0]
+        washout = np.zeros(n)
+        wet = np.zeros(n)
+        rain = np.zeros(n)
+        if n == 0:
+            return WeatherColumns(field=field, rain=rain, washout=washout, wet=wet)
+        hour_now = ts_ns // _HOUR_NS
+        first = int(hour_now.min()) - _RAIN_LOOKBACK_H + 1
+        slots = np.arange(first, int(hour_now.max()) + 1, dtype=np.int64)
+        with np.errstate(over="ignore"):
+            sk = mix64(slots.astype(np.uint64) * _TS_MUL ^ self._city_key)
+        local = ((slots * _HOUR_NS + _WIB_OFFSET_NS) % _DAY_NS // _HOUR_NS).astype(np.float64)
+        p = 0.03 + 0.22 * _bump(local + 0.5, 15.5, 2.5)
+        intensity = np.where(
+            unit_uniform(derive(sk, 1)) < p, 0.3 + 0.7 * unit_uniform(derive(sk, 2)), 0.0
+        )
+        ang = 2 * np.pi * unit_uniform(derive(sk, 3))
+        kx = 2 * np.pi / 15.0 * np.sin(ang)
+        ky = 2 * np.pi / 15.0 * np.cos(ang)
+        phi = 2 * np.pi * unit_uniform(derive(sk, 4))
+        rel = (hour_now - first)[:, None] - np.arange(_RAIN_LOOKBACK_H, dtype=np.int64)[None, :]
+        row, k = np.nonzero(intensity[rel] > 0.0)
+        if row.shape[0]:
+            j = rel[row, k]
+            patch = np.clip(
+                0.6
+                + 0.6
+                * np.cos(
+                    kx[j] * self._x_km[stream[row]] + ky[j] * self._y_km[stream[row]] + phi[j]
+                ),
+                0.0,
+                1.0,
+            )
+            r = intensity[j] * patch
+            since_h = np.maximum(
+                (ts_ns[row] - (slots[j] + 1) * _HOUR_NS).astype(np.float64) / _HOUR_NS, 0.0
+            )
+            np.maximum.at(washout, row, r * np.exp(-since_h / 3.0))
+            np.maximum.at(wet, row, r * np.exp(-since_h / 1.5))
+            now = k == 0
+            rain[row[now]] = r[now]
+        return WeatherColumns(field=field, rain=rain, washout=washout, wet=wet)
+
     def _keys(self, stream: NDArray[np.intp], ts_ns: _I64) -> NDArray[np.uint64]:
         with np.errstate(over="ignore"):
             t = (ts_ns // 1_000_000).astype(np.uint64) * _TS_MUL
@@ -211,13 +320,17 @@ class ValueModel:
         w1, w2 = self._weather(stream, ts_ns)
 
         t_dev = _T_DEV[day_min]
-        temperature = np.clip(
-            self._t_mean[stream] + t_dev + 0.5 * w2 + 0.3 * _noise(key, 1), 20.0, 36.0
-        )
-        rh = np.clip(78.0 - 3.6 * t_dev + 3.0 * w1 + 2.0 * _noise(key, 2), 45.0, 99.5)
-
+        temperature = self._t_mean[stream] + t_dev + 0.5 * w2 + 0.3 * _noise(key, 1)
+        rh = 78.0 - 3.6 * t_dev + 3.0 * w1 + 2.0 * _noise(key, 2)
         weather = 1.0 + 0.2 * w1 + 0.1 * w2
         pm25 = self._pm_base[stream] * _PM_WEEK[week_min] * weather * np.exp(0.15 * _noise(key, 3))
+        if self.dynamics:
+            met = self.weather(stream, ts_ns)
+            temperature -= 0.5 * met.wet * np.maximum(temperature - 24.0, 0.0)
+            rh += 0.7 * met.wet * np.maximum(96.0 - rh, 0.0)
+            pm25 *= np.exp(0.2 * met.field) * (1.0 - 0.55 * met.washout)
+        temperature = np.clip(temperature, 20.0, 36.0)
+        rh = np.clip(rh, 45.0, 99.5)
         humid = np.maximum(rh - 75.0, 0.0) * (1.0 / 25.0)
         pm25 *= np.where(self._low_cost[stream], 1.0 + 0.5 * humid * humid, 1.0)
         pm25 = np.clip(pm25, 1.0, 999.9)
@@ -254,11 +367,13 @@ class ValueModel:
         """Values of traffic lane streams ``stream`` at ``ts_ns``."""
         key = self._keys(stream, ts_ns)
         w1, _ = self._weather(stream, ts_ns)
-        demand = np.clip(
-            _DEMAND_WEEK[_minute_of_week(ts_ns)] * self._lane_scale[stream] * (1.0 + 0.05 * w1),
-            0.0,
-            1.0,
-        )
+        demand = _DEMAND_WEEK[_minute_of_week(ts_ns)] * self._lane_scale[stream] * (1.0 + 0.05 * w1)
+        slow = np.ones(ts_ns.shape[0])
+        if self.dynamics:
+            met = self.weather(stream, ts_ns)
+            demand = demand * (1.0 + 0.05 * met.field)
+            slow = 1.0 - 0.12 * met.rain
+        demand = np.clip(demand, 0.0, 1.0)
         mean = demand * self._capacity_per_s[stream] * self._period_s[stream]
         intensity = np.rint(np.maximum(mean + np.sqrt(mean) * _noise(key, 1), 0.0)).astype(np.int64)
         occ = (
@@ -267,7 +382,7 @@ class ValueModel:
             * np.exp(0.1 * _noise(key, 2))
         )
         occ = np.where(intensity == 0, 0.0, np.clip(occ, 0.0, 0.95))
-        speed = self._v_free[stream] * (1.0 - occ / 0.75) * np.exp(0.05 * _noise(key, 3))
+        speed = self._v_free[stream] * (1.0 - occ / 0.75) * np.exp(0.05 * _noise(key, 3)) * slow
         speed = np.clip(speed, 3.0, None)
         return TrafficColumns(intensity=intensity, occupancy=occ, average_vehicle_speed=speed)
 
