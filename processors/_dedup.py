@@ -55,6 +55,8 @@ def update_ring(ring: NDArray[np.int64], sid: NDArray[np.int32], ts_ns: NDArray[
     touched = np.unique(sid)
     old_sid = np.repeat(touched, depth)
     old_ts = ring[touched].ravel()
+    filled = old_ts != _EMPTY  # (negating the empty marker would overflow)
+    old_sid, old_ts = old_sid[filled], old_ts[filled]
     all_sid = np.concatenate([old_sid, sid.astype(touched.dtype)])
     all_ts = np.concatenate([old_ts, ts_ns])
     order = np.lexsort((-all_ts, all_sid))  # per sid, newest first

@@ -203,6 +203,7 @@ class Spool:
         self._dirty = False
         self.truncated_tail_bytes = 0
         self.dropped_records = 0
+        self._last_record_bytes = 0
         self.quarantined: list[str] = []
         self.committed_seq = self._read_committed()
         self._scan()
@@ -317,6 +318,7 @@ class Spool:
             seg = self._segments[-1]
         assert self._fd is not None
         os.write(self._fd, data)
+        self._last_record_bytes = len(data)
         seg.size += len(data)
         seg.last_seq = seq
         self.next_seq = seq + 1
@@ -344,12 +346,13 @@ class Spool:
             self.set_committed(max(self.committed_seq, oldest.last_seq))
             log.error("spool full: dropped the oldest segment", extra={"records": lost})
 
-    def would_block(self, incoming: int = 1 << 20) -> bool:
-        """True when a block-policy spool has no room left even after truncation."""
+    def would_block(self, incoming: int | None = None) -> bool:
+        """True when a block-policy spool has no room for a record (of the last size)."""
         if self.opts.full_policy != "block":
             return False
         self.truncate_committed()
-        return self.size_bytes + incoming > self.opts.max_bytes
+        need = self._last_record_bytes if incoming is None else incoming
+        return self.size_bytes + need > self.opts.max_bytes
 
     def truncate_committed(self, keep_from_seq: int | None = None) -> None:
         """Delete whole segments that are committed (and before ``keep_from_seq``)."""
@@ -358,7 +361,9 @@ class Spool:
             if keep_from_seq is None
             else min(self.committed_seq, keep_from_seq - 1)
         )
-        while len(self._segments) > 1 and self._segments[0].last_seq <= limit:
+        while self._segments and self._segments[0].last_seq <= limit:
+            if len(self._segments) == 1:
+                self._close_fd()  # the current segment: the next append starts a new one
             seg = self._segments.pop(0)
             seg.path.unlink()
 
