@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
@@ -50,6 +50,7 @@ __all__ = [
     "EXPECTED_DETECTORS",
     "FAULT_KINDS",
     "Label",
+    "clip_labels",
     "interval_pairs",
     "read_labels",
     "write_labels",
@@ -197,3 +198,13 @@ def interval_pairs(
     hi = iv_hi[iv_idx]
     keep = (t <= hi) if closed else (t < hi)
     return q_idx[keep], iv_idx[keep]
+
+
+def clip_labels(labels: Iterable[Label], start_ns: int, end_ns: int) -> list[Label]:
+    """Labels overlapping ``[start_ns, end_ns)``, cut to it (e.g. to the span a run covered)."""
+    out: list[Label] = []
+    for label in labels:
+        lo, hi = max(label.start_ns, start_ns), min(label.end_ns, end_ns)
+        if lo < hi:
+            out.append(replace(label, start_ns=lo, end_ns=hi))
+    return out

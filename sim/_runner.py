@@ -37,27 +37,34 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
-from sim._fleet import MODEL_REFERENCE, Fleet
+from sim._cities import bundled_cities, city_fleet, load_city
+from sim._faults import FaultPlan, compile_scenario
+from sim._fleet import CITIES, MODEL_REFERENCE, Fleet
+from sim._groundtruth import EXPECTED_DETECTORS, Label
 from sim._payloads import TimestampFormat, encode_air, encode_traffic
+from sim._scenario import Scenario, load_scenario
 from sim._values import ValueModel
 from urbanpulse._clock import Clock
 from urbanpulse._errors import ConfigError
 from urbanpulse._schema import Kind
 
 __all__ = [
+    "MessageSource",
     "Publisher",
     "SimOptions",
     "SimProgress",
     "SimStats",
     "Simulator",
     "SleepFn",
+    "pace",
+    "resolve_fleet",
     "run_simulation",
 ]
 
@@ -93,6 +100,12 @@ class SimOptions:
     traffic_interval_s: float = 30.0
     #: Share of air sensors that are full reference stations.
     reference_fraction: float = 0.2
+    #: A city file (TOML/JSON, see ``sim._cities``); it decides the sensors, so
+    #: ``n_air``, ``n_traffic``, ``city`` and the intervals are then ignored.
+    #: ``city`` may also name a bundled city file (``sindangraja``, ...).
+    city_file: str | None = None
+    #: A scenario file (see ``sim._scenario``): faults applied to the run.
+    scenario_file: str | None = None
 
     def __post_init__(self) -> None:
         if self.qos not in (0, 1, 2):
@@ -136,21 +149,45 @@ class SimStats:
     behind_s: float
 
 
-class Simulator:
-    """The deterministic message schedule of a set of options (no I/O, no sleeping)."""
+def resolve_fleet(options: SimOptions) -> Fleet:
+    """The fleet of a set of options: a city file, a bundled city, or a built-in city."""
+    o = options
+    if o.city_file is not None:
+        return city_fleet(load_city(o.city_file), seed=o.seed)
+    bundled = bundled_cities()
+    if o.city not in CITIES and o.city in bundled:
+        return city_fleet(load_city(bundled[o.city]), seed=o.seed)
+    return Fleet.generate(
+        seed=o.seed,
+        n_air=o.n_air,
+        n_traffic=o.n_traffic,
+        city=o.city,
+        air_interval_s=o.air_interval_s,
+        traffic_interval_s=o.traffic_interval_s,
+        reference_fraction=o.reference_fraction,
+    )
 
-    def __init__(self, options: SimOptions, clock: Clock) -> None:
+
+class Simulator:
+    """The deterministic message schedule of a set of options (no I/O, no sleeping).
+
+    ``fleet`` replaces the fleet the options describe; ``scenario`` (or
+    ``options.scenario_file``) injects faults, and :attr:`labels` is their
+    ground truth. ``expected`` maps fault kinds to detector names.
+    """
+
+    def __init__(
+        self,
+        options: SimOptions,
+        clock: Clock,
+        *,
+        fleet: Fleet | None = None,
+        scenario: Scenario | None = None,
+        expected: Mapping[str, tuple[str, ...]] = EXPECTED_DETECTORS,
+    ) -> None:
         o = options
         self.options = o
-        self.fleet = Fleet.generate(
-            seed=o.seed,
-            n_air=o.n_air,
-            n_traffic=o.n_traffic,
-            city=o.city,
-            air_interval_s=o.air_interval_s,
-            traffic_interval_s=o.traffic_interval_s,
-            reference_fraction=o.reference_fraction,
-        )
+        self.fleet = resolve_fleet(o) if fleet is None else fleet
         self._values = ValueModel(self.fleet)
         start = clock.now_ns() if o.start_ns is None else o.start_ns
         self.start_ns: int = start - start % 1_000_000
@@ -170,6 +207,19 @@ class Simulator:
             first = self.start_ns + (np.arange(n, dtype=np.int64) * interval_ns) // n
         self._interval: NDArray[np.int64] = interval.astype(np.int64)
         self._next: NDArray[np.int64] = first.astype(np.int64)
+        if scenario is None and o.scenario_file is not None:
+            scenario = load_scenario(o.scenario_file)
+        self.plan: FaultPlan | None = None
+        if scenario is not None:
+            self.plan = compile_scenario(
+                scenario,
+                self.fleet,
+                start_ns=self.start_ns,
+                first_slot_ns=self._next.copy(),
+                interval_ns=self._interval,
+                values=self._values,
+                expected=expected,
+            )
         self.end_ns: int | None = (
             None if o.duration_s is None else self.start_ns + round(o.duration_s * o.speed * 1e9)
         )
@@ -181,6 +231,11 @@ class Simulator:
         #: Messages produced so far and the event time of the last one.
         self.emitted = 0
         self.last_event_ns = 0
+
+    @property
+    def labels(self) -> tuple[Label, ...]:
+        """Ground truth of the scenario (empty without one), in scenario order."""
+        return () if self.plan is None else self.plan.labels
 
     @property
     def event_rate_per_s(self) -> float:
@@ -213,6 +268,8 @@ class Simulator:
         """Every not yet emitted message with event time < ``until_ns``, in event-time order.
 
         Ties (same ms) are ordered by stream (air sensors, then traffic lanes).
+        With a scenario, "event time" is the nominal slot: jitter and clock skew
+        move the payload's timestamp, and dropouts leave slots empty.
         """
         return self._take(until_ns, None)
 
@@ -247,36 +304,61 @@ class Simulator:
         )
         t = self._next[sid] + k * self._interval[sid]
         order = np.argsort(t, kind="stable")
-        if limit is not None and total > limit:
-            order = order[:limit]
         sid = sid[order]
         t = t[order]
+        plan = self.plan
+        if plan is None:
+            if limit is not None and total > limit:
+                sid, t = sid[:limit], t[:limit]
+            self._next += np.bincount(sid, minlength=self._next.shape[0]) * self._interval
+            m = int(sid.shape[0])
+            self.emitted += m
+            if self._remaining is not None:
+                self._remaining -= m
+            self.last_event_ns = int(t[-1])
+            return self._encode(sid, t - t % 1_000_000)
+        # With a scenario: slots inside a dropout are consumed but send nothing,
+        # and count/limit apply to what is sent.
+        nominal = t - t % 1_000_000
+        reading = plan.reading_ns(sid, nominal)
+        keep = plan.kept(sid, reading)
+        if limit is not None:
+            sent_before = np.cumsum(keep)
+            if int(sent_before[-1]) > limit:
+                cut = int(np.searchsorted(sent_before, limit, side="left")) + 1
+                sid, t, reading, keep = sid[:cut], t[:cut], reading[:cut], keep[:cut]
         self._next += np.bincount(sid, minlength=self._next.shape[0]) * self._interval
+        self.last_event_ns = int(t[-1])
+        sid, reading = sid[keep], reading[keep]
         m = int(sid.shape[0])
         self.emitted += m
         if self._remaining is not None:
             self._remaining -= m
-        self.last_event_ns = int(t[-1])
-        return self._encode(sid, t - t % 1_000_000)
+        return self._encode(sid, reading)
 
     def _encode(self, sid: NDArray[np.intp], ts_ns: NDArray[np.int64]) -> list[Message]:
+        """Payloads of readings taken at ``ts_ns`` (faults applied, skew in the stamp)."""
         fmt = self.options.ts_format
+        plan = self.plan
+        stamp = ts_ns if plan is None else plan.stamps(sid, ts_ns)
         payloads = np.empty(sid.shape[0], dtype=object)
         air = self._is_air[sid]
         ai = np.flatnonzero(air)
         if ai.shape[0]:
             s, t = sid[ai], ts_ns[ai]
             full = self._full[s]
-            payloads[ai] = _objects(
-                encode_air(t, self._values.air(s, t, gases=full), full=full, ts_format=fmt)
-            )
+            air_values = self._values.air(s, t, gases=full)
+            if plan is not None:
+                plan.apply_air(s, t, air_values)
+            payloads[ai] = _objects(encode_air(stamp[ai], air_values, full=full, ts_format=fmt))
         ti = np.flatnonzero(~air)
         if ti.shape[0]:
             s, t = sid[ti], ts_ns[ti]
+            trf_values = self._values.traffic(s, t)
+            if plan is not None:
+                plan.apply_traffic(s, t, trf_values)
             payloads[ti] = _objects(
-                encode_traffic(
-                    t, self._values.traffic(s, t), lane=self.fleet.lane[s], ts_format=fmt
-                )
+                encode_traffic(stamp[ti], trf_values, lane=self.fleet.lane[s], ts_format=fmt)
             )
         return list(zip(self._topics[sid].tolist(), payloads.tolist(), strict=True))
 
@@ -285,6 +367,23 @@ def _objects(items: list[bytes]) -> NDArray[np.object_]:
     out = np.empty(len(items), dtype=object)
     out[:] = items
     return out
+
+
+class MessageSource(Protocol):
+    """What the pacing loop needs of a schedule (``Simulator``, ``sim.Replayer``)."""
+
+    @property
+    def start_ns(self) -> int: ...
+
+    @property
+    def last_event_ns(self) -> int: ...
+
+    @property
+    def nominal_rate_per_s(self) -> float: ...
+
+    def next_event_ns(self) -> int | None: ...
+
+    def next_batch(self, until_ns: int) -> list[Message]: ...
 
 
 async def run_simulation(
@@ -298,16 +397,52 @@ async def run_simulation(
     max_lag_s: float = 0.5,
     progress_interval_s: float = 1.0,
     stop: asyncio.Event | None = None,
+    simulator: Simulator | None = None,
 ) -> SimStats:
     """Publish the schedule of ``options`` at its pace; return when it ends or ``stop`` is set.
 
     ``sleep`` is awaited between ticks (inject a fake that advances a
     ManualClock in tests). ``progress`` is called every ``progress_interval_s``
     and once at the end. The publisher is flushed before returning.
+    ``simulator`` (built from ``options``, e.g. with a fleet or scenario) is
+    used instead of a fresh ``Simulator(options, clock)``.
     """
-    sim = Simulator(options, clock)
-    qos = options.qos
-    speed = options.speed
+    sim = Simulator(options, clock) if simulator is None else simulator
+    return await pace(
+        sim,
+        publisher,
+        clock,
+        progress,
+        qos=options.qos,
+        speed=options.speed,
+        duration_s=options.duration_s,
+        sleep=sleep,
+        tick_s=tick_s,
+        max_lag_s=max_lag_s,
+        progress_interval_s=progress_interval_s,
+        stop=stop,
+    )
+
+
+async def pace(
+    sim: MessageSource,
+    publisher: Publisher,
+    clock: Clock,
+    progress: Callable[[SimProgress], None] | None = None,
+    *,
+    qos: int = 0,
+    speed: float = 1.0,
+    duration_s: float | None = None,
+    sleep: SleepFn = asyncio.sleep,
+    tick_s: float = 0.01,
+    max_lag_s: float = 0.5,
+    progress_interval_s: float = 1.0,
+    stop: asyncio.Event | None = None,
+) -> SimStats:
+    """Publish a schedule's messages when due (event time / ``speed``), see the module doc.
+
+    ``duration_s`` holds the run open until that much wall time has passed.
+    """
     t0 = clock.monotonic_s()
     shift = 0.0
     sent = 0
@@ -366,9 +501,9 @@ async def run_simulation(
             wait = min(wait, max(report_t + progress_interval_s - now, 0.0))
         await sleep(max(wait, tick_s))
 
-    if options.duration_s is not None and (stop is None or not stop.is_set()):
+    if duration_s is not None and (stop is None or not stop.is_set()):
         # Hold until the end of the requested window (the schedule may end earlier).
-        while (remaining := t0 + shift + options.duration_s - clock.monotonic_s()) > 0:
+        while (remaining := t0 + shift + duration_s - clock.monotonic_s()) > 0:
             if stop is not None and stop.is_set():
                 break
             await sleep(min(remaining, progress_interval_s) if progress else remaining)
