@@ -705,3 +705,71 @@ def _radio_rows(
             strict=True,
         )
     ]
+
+
+# -- configuration -----------------------------------------------------------------------------
+
+_TOML = """
+[ingest]
+unknown_fields = "reject"
+
+[[ingest.codecs]]
+topic_filter = "v3/+/devices/+/up"
+codec = "ttn"
+topic_pattern = "v3/{_}/devices/{sensor_id}/up"
+tags = { city = "bandung", district = "dago", kind = "air" }
+names = { battery = "", co_ppm = "co[ppm]" }
+
+[[ingest.codecs]]
+topic_filter = "urbanpulse/+/+/air/+"
+codec = "senml"
+"""
+
+
+def test_config_rules_reach_the_decoder(tmp_path: Path) -> None:
+    from urbanpulse._app import pipeline_options
+    from urbanpulse._config import load_settings
+
+    path = tmp_path / "c.toml"
+    path.write_text(_TOML, encoding="utf-8")
+    opts = pipeline_options(load_settings(path)).decode
+    assert opts.codecs == (
+        CodecRule(
+            topic_filter="v3/+/devices/+/up",
+            codec="ttn",
+            topic_pattern="v3/{_}/devices/{sensor_id}/up",
+            tags=_BANDUNG_AIR,
+            names={"battery": "", "co_ppm": "co[ppm]"},
+        ),
+        CodecRule(topic_filter="urbanpulse/+/+/air/+", codec="senml"),
+    )
+    decoder, registry = make(codecs=opts.codecs)
+    msgs = [
+        ("v3/a/devices/d-1/up", _dump(_ttn({"co_ppm": 0.5, "battery": 3.3}))),
+        ("urbanpulse/x/y/air/s", b'[{"n":"pm25","v":1}]'),
+        ("urbanpulse/x/y/traffic/t", b'{"intensity": 4}'),
+    ]
+    result = run(decoder, registry, msgs)
+    assert result.dead == []
+    np.testing.assert_allclose(result.batch.value, [500 * 28.010 / 24.45, 1.0, 4.0])
+
+
+@pytest.mark.parametrize(
+    ("snippet", "message"),
+    [
+        ('[[ingest.codecs]]\ntopic_filter = "a/#/b"\ncodec = "senml"\n', "'#' must be"),
+        ('[[ingest.codecs]]\ntopic_filter = "a/#"\ncodec = "csv"\n', "ingest.codecs.0.codec"),
+        (
+            '[[ingest.codecs]]\ntopic_filter = "a/#"\ncodec = "ttn"\nnames = { x = "pm1" }\n',
+            "not a metric",
+        ),
+    ],
+)
+def test_config_refuses_bad_rules(tmp_path: Path, snippet: str, message: str) -> None:
+    from urbanpulse._config import load_settings
+    from urbanpulse._errors import ConfigError
+
+    path = tmp_path / "c.toml"
+    path.write_text(snippet, encoding="utf-8")
+    with pytest.raises(ConfigError, match=message):
+        load_settings(path)

@@ -69,6 +69,8 @@ def mqtt_options(
 
 
 def pipeline_options(s: Settings, *, state_dir: Path | None = None) -> PipelineOptions:
+    from ingest._codecs import CodecRule
+
     return PipelineOptions(
         topic_pattern=s.mqtt.topic_pattern,
         deadletter_prefix=s.mqtt.deadletter_prefix,
@@ -87,6 +89,7 @@ def pipeline_options(s: Settings, *, state_dir: Path | None = None) -> PipelineO
             max_future_s=s.ingest.max_future_s,
             max_past_s=s.ingest.max_past_s,
             limits=dict(s.ingest.limits),
+            codecs=tuple(CodecRule(**r.model_dump()) for r in s.ingest.codecs),
         ),
         windows=tuple(
             WindowSpec(window_ms=w, grace_ms=s.windows.grace_ms, idle_ms=s.windows.idle_ms)

@@ -113,11 +113,30 @@ class IngestSettings(_Section):
     max_past_s: float | None = Field(30 * 86400.0, ge=0)
     limits: dict[str, tuple[float, float]] = Field(default_factory=dict)
 
+    class CodecRuleSettings(_Section):
+        """``[[ingest.codecs]]``: topics matching ``topic_filter`` use ``codec``."""
+
+        #: MQTT topic filter (``+`` one level, ``#`` the rest); the first match wins.
+        topic_filter: str
+        codec: Literal["native", "senml", "airrohr", "ttn"]
+        #: Payload name -> "<metric>", "<metric>[<unit>]" or "" (ignore), over the defaults.
+        names: dict[str, str] = Field(default_factory=dict)
+        #: Own topic pattern (None: mqtt.topic_pattern); without {sensor_id} the id
+        #: comes from the payload (SenML bn, airrohr esp8266id, TTN device_id).
+        topic_pattern: str | None = None
+        #: city, district, kind for captures the topic pattern lacks.
+        tags: dict[str, str] = Field(default_factory=dict)
+
+    #: Codec per topic filter; no rule matches: native JSON (see docs/_codecs.md).
+    codecs: list[CodecRuleSettings] = Field(default_factory=list)
+
     @model_validator(mode="after")
     def _check(self) -> IngestSettings:
+        from ingest._codecs import CodecRule, compile_rules
         from urbanpulse._schema import hard_limit_arrays
 
         hard_limit_arrays(self.limits)
+        compile_rules([CodecRule(**r.model_dump()) for r in self.codecs], self.unknown_fields)
         if self.naive_timezone is not None:
             from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
