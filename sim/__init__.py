@@ -36,6 +36,7 @@ from sim._payloads import (
     format_fixed,
     format_timestamps,
 )
+from sim._replay import Recording, Replayer, read_csv, read_line_protocol, run_replay
 from sim._runner import (
     MessageSource,
     Publisher,
@@ -62,6 +63,7 @@ from sim._scenario import (
     load_scenario,
     random_scenario,
 )
+from sim._score import DetectorScore, ScoreTable, score_detections
 from sim._values import (
     WIB_OFFSET_S,
     AirColumns,
@@ -86,6 +88,7 @@ __all__ = [
     "CityModel",
     "ClockSkewFault",
     "CorridorSpec",
+    "DetectorScore",
     "DistrictSpec",
     "DropoutFault",
     "FaultPlan",
@@ -99,7 +102,10 @@ __all__ = [
     "MessageSource",
     "OutOfRangeFault",
     "Publisher",
+    "Recording",
+    "Replayer",
     "Scenario",
+    "ScoreTable",
     "SensorInfo",
     "SensorSpec",
     "SimOptions",
@@ -127,9 +133,13 @@ __all__ = [
     "pace",
     "pm_diurnal_factor",
     "random_scenario",
+    "read_csv",
     "read_labels",
+    "read_line_protocol",
     "resolve_fleet",
+    "run_replay",
     "run_simulation",
+    "score_detections",
     "traffic_demand",
     "weekday",
     "write_labels",
