@@ -443,6 +443,7 @@ async def main_async(args: argparse.Namespace) -> None:
             "-",
             f"{proc_cpu:.0f}",
             f"{proc_other:.0f}",
+            f"{proc_cpu / 100 / proc_rate * 1e6:.1f}",
         ]
     ]
     rows.extend(
@@ -457,6 +458,7 @@ async def main_async(args: argparse.Namespace) -> None:
             f"{r.cpu_s / r.seconds * 100:.0f} / {r.broker_cpu_s / r.seconds * 100:.0f} / "
             f"{r.vm_cpu_s / r.seconds * 100:.0f} / {r.publisher_cpu_s / r.seconds * 100:.0f}",
             f"{r.other_cpu:.0f}",
+            f"{r.cpu_s / max(r.consumed, 1) * 1e6:.1f}",
         ]
         for r in runs
     )
@@ -471,13 +473,15 @@ async def main_async(args: argparse.Namespace) -> None:
             "seconds",
             "CPU %: consumer / broker / VM / publisher",
             "other processes CPU %",
+            "consumer CPU µs/msg",
         ],
         rows,
     )
     print(
         f"msg/s end to end = messages / (first publish -> last point acknowledged by "
         "VictoriaMetrics); CPU % = CPU seconds / those seconds (100 = one core); 'other "
-        "processes' is what everything else on the machine used meanwhile. "
+        "processes' is what everything else on the machine used meanwhile; consumer CPU "
+        "µs/msg (all its threads) is the figure that other load does not change much. "
         f"Broker 'dropped' notices: {dropped}. Load average before/after: {load_before} / "
         f"{loadavg()}. Bench wall time {time.monotonic() - t_bench:.0f} s."
     )

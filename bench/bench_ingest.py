@@ -257,6 +257,7 @@ async def main_async(args: argparse.Namespace) -> None:
             "-",
             "-",
             f"{decode_other[i_best]:.0f}",
+            f"{best_d.cpu_s / best_d.messages * 1e6:.1f}",
         ]
     )
     for qos in (0, 1):
@@ -278,6 +279,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 f"{best.broker_cpu_s / best.seconds * 100:.0f}",
                 f"{best.publisher_cpu_s / best.seconds * 100:.0f}",
                 f"{best.other_cpu:.0f}",
+                f"{best.cpu_s / max(best.ok, 1) * 1e6:.1f}",
             ]
         )
     print_table(
@@ -295,6 +297,7 @@ async def main_async(args: argparse.Namespace) -> None:
             "broker CPU %",
             "publisher CPU %",
             "other processes CPU %",
+            "CPU µs/msg of this process",
         ],
         rows,
     )

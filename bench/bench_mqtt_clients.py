@@ -356,6 +356,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 _fmt(best.broker_cpu_s / best.seconds * 100 if best.seconds else 0.0, ".0f"),
                 _fmt(best.publisher_cpu_s / best.seconds * 100 if best.seconds else 0.0, ".0f"),
                 _fmt(best.other_cpu, ".0f"),
+                _fmt(best.cpu_s / max(best.received, 1) * 1e6, ".1f"),
                 f"{sum(r.lost for r in mine):,}",
                 _fmt(best.publisher_rate),
             ]
@@ -374,6 +375,7 @@ async def main_async(args: argparse.Namespace) -> None:
             "broker CPU %",
             "publisher CPU %",
             "other processes CPU %",
+            "receiver CPU µs/msg",
             "lost (all runs)",
             "publisher msg/s",
         ],
