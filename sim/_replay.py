@@ -33,6 +33,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from pathlib import Path
 from typing import Final
 
@@ -93,14 +94,13 @@ class Recording:
 def _parse_time(text: str, where: str) -> int:
     t = text.strip()
     try:
-        seconds = float(t)
-    except ValueError:
+        seconds = Decimal(t)  # exact: "1763964001.6" is 1763964001600000000 ns
+    except InvalidOperation:
         pass
     else:
-        if not math.isfinite(seconds):
+        if not seconds.is_finite():
             raise ConfigError(f"{where}: time {text!r} is not finite")
-        whole = math.floor(seconds)
-        return whole * 1_000_000_000 + round((seconds - whole) * 1e9)
+        return int((seconds * 1_000_000_000).to_integral_value(rounding=ROUND_HALF_EVEN))
     try:
         dt = datetime.fromisoformat(t.replace("Z", "+00:00"))
     except ValueError as exc:
