@@ -26,7 +26,7 @@ from typing import Any, Final, Literal
 
 from ingest._models import UnknownFields
 from ingest._topics import TopicError, TopicInfo, TopicPattern
-from ingest._units import Unit, convertible, parse_unit
+from ingest._units import UNIT_SYMBOLS, Unit, convertible, parse_unit
 from urbanpulse._errors import DecodeError
 from urbanpulse._schema import METRIC_INFO, Kind, Metric
 
@@ -353,6 +353,7 @@ class _Context:
 
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_CANONICAL: Final = Unit.CANONICAL  # a global: enum attribute access is slow in 3.11
 _US: Final = timedelta(microseconds=1)
 _MAX_US: Final = 9_000_000_000_000_000
 _SENML_ABSOLUTE_S: Final = 2**28
@@ -388,7 +389,7 @@ def _put(row: CodecRow, target: _Target, value: float, unit: Unit, source: str) 
     if target.field in row.fields:
         raise DecodeError("duplicate_metric", f"{source}: {target.field} given twice")
     row.fields[target.field] = value
-    if unit is not Unit.CANONICAL:
+    if unit is not _CANONICAL:
         row.units[target.field] = unit
 
 
@@ -420,59 +421,94 @@ def _senml_string(rec: dict[str, Any], label: str, k: int) -> str:
     return v
 
 
-def _senml_lookup(names: dict[str, _Target], name: str) -> _Target | None:
-    target = names.get(name)
-    if target is None:
-        cut = max(name.rfind(":"), name.rfind("/"))
-        if cut >= 0:
-            target = names.get(name[cut + 1 :])
+_BASE_LABELS: Final = frozenset(("bn", "bt", "bu", "bv", "bs", "bver", "ut"))
+_NAME_CACHE_MAX: Final = 50_000
+#: Resolved SenML names already checked and looked up, per name map (names repeat).
+_BAD_NAME: Final = _Target("\x00bad", Unit.CANONICAL)
+
+
+def _senml_lookup(
+    names: dict[str, _Target], cache: dict[str, _Target | None], name: str
+) -> _Target | None:
+    """The target of a resolved name (full name, else the part after the last ':' or
+    '/'); None if unknown; raises senml_bad_name if the name breaks RFC 8428 4.5.1."""
+    if name in cache:
+        target = cache[name]
+    else:
+        if _SENML_NAME.fullmatch(name) is None:
+            target = _BAD_NAME
+        else:
+            target = names.get(name)
+            if target is None:
+                cut = max(name.rfind(":"), name.rfind("/"))
+                if cut >= 0:
+                    target = names.get(name[cut + 1 :])
+        if len(cache) >= _NAME_CACHE_MAX:
+            cache.clear()
+        cache[name] = target
+    if target is _BAD_NAME:
+        raise DecodeError("senml_bad_name", f"name {name!r:.80}")
     return target
 
 
+def _senml_base(rec: dict[str, Any], k: int) -> None:
+    """Type checks of the base labels that do not carry forward a value we use."""
+    if "bver" in rec:
+        ver = rec["bver"]
+        if type(ver) is not int:
+            raise DecodeError("wrong_type", f"record {k}: bver is not an integer")
+        if ver > _SENML_VERSION:
+            raise DecodeError("senml_unsupported", f"record {k}: bver {ver} > 10")
+    if "bs" in rec:
+        _senml_number(rec, "bs", k)
+    if "ut" in rec:
+        _senml_number(rec, "ut", k)
+
+
 def _decode_senml(
-    obj: Any, ctx: _Context, names: dict[str, _Target], unknown: UnknownFields
+    obj: Any,
+    ctx: _Context,
+    names: dict[str, _Target],
+    unknown: UnknownFields,
+    cache: dict[str, _Target | None],
 ) -> list[CodecRow]:
-    if not isinstance(obj, list) or not obj:
+    if type(obj) is not list or not obj:
         raise DecodeError("senml_bad_pack", "a SenML pack is a non-empty JSON array of records")
     bn, bt, bv = "", 0.0, 0.0
     bu: str | None = None
     rows: dict[tuple[str, int], CodecRow] = {}
     for k, rec in enumerate(obj):
-        if not isinstance(rec, dict):
+        if type(rec) is not dict:
             raise DecodeError("senml_bad_pack", f"record {k} is not an object")
-        for label in rec:
-            if label not in _SENML_LABELS and (unknown == "reject" or label.endswith("_")):
-                raise DecodeError("senml_unknown_label", f"record {k}: {label!r:.40}")
-        if "bver" in rec:
-            ver = rec["bver"]
-            if type(ver) is not int:
-                raise DecodeError("wrong_type", f"record {k}: bver is not an integer")
-            if ver > _SENML_VERSION:
-                raise DecodeError("senml_unsupported", f"record {k}: bver {ver} > 10")
-        if "bn" in rec:
-            bn = _senml_string(rec, "bn", k)
-        if "bt" in rec:
-            bt = _senml_number(rec, "bt", k)
-        if "bu" in rec:
-            bu = _senml_string(rec, "bu", k)
-        if "bv" in rec:
-            bv = _senml_number(rec, "bv", k)
-        if "bs" in rec:
-            _senml_number(rec, "bs", k)
-        if "ut" in rec:
-            _senml_number(rec, "ut", k)
-        n = _senml_string(rec, "n", k) if "n" in rec else ""
+        keys = rec.keys()
+        if not keys <= _SENML_LABELS:
+            for label in keys:
+                if label not in _SENML_LABELS and (unknown == "reject" or label.endswith("_")):
+                    raise DecodeError("senml_unknown_label", f"record {k}: {label!r:.40}")
+        if not keys.isdisjoint(_BASE_LABELS):
+            _senml_base(rec, k)
+            if "bn" in rec:
+                bn = _senml_string(rec, "bn", k)
+            if "bt" in rec:
+                bt = _senml_number(rec, "bt", k)
+            if "bu" in rec:
+                bu = _senml_string(rec, "bu", k)
+            if "bv" in rec:
+                bv = _senml_number(rec, "bv", k)
+        n = rec.get("n", "")
+        if type(n) is not str:
+            raise DecodeError("wrong_type", f"record {k}: n is not a string")
         name = bn + n
-        if not _SENML_NAME.fullmatch(name):
-            raise DecodeError("senml_bad_name", f"record {k}: name {name!r:.80}")
-        kinds = [lbl for lbl in ("v", "vs", "vb", "vd") if lbl in rec]
-        if len(kinds) > 1:
-            raise DecodeError("senml_bad_pack", f"record {k}: more than one value ({kinds})")
-        if not kinds and "s" not in rec:
+        target = _senml_lookup(names, cache, name)
+        v = rec.get("v")
+        n_values = ("v" in rec) + ("vs" in rec) + ("vb" in rec) + ("vd" in rec)
+        if n_values > 1:
+            raise DecodeError("senml_bad_pack", f"record {k}: more than one value")
+        has_sum = "s" in rec
+        if not n_values and not has_sum:
             raise DecodeError("senml_bad_pack", f"record {k}: no value and no sum")
-        if "s" in rec:
+        if has_sum:
             _senml_number(rec, "s", k)
-        target = _senml_lookup(names, name)
         if target is None or (target.field and not _metric_of(target, ctx.kind)):
             if unknown == "reject":
                 what = "unknown" if target is None else f"not an {ctx.kind.label} metric"
@@ -480,11 +516,15 @@ def _decode_senml(
             continue
         if not target.field:
             continue
-        if kinds != ["v"]:
-            got = kinds[0] if kinds else "s"
+        if "v" not in rec:
+            got = next((lbl for lbl in ("vs", "vb", "vd") if lbl in rec), "s")
             raise DecodeError("senml_unsupported", f"record {k}: {name} has {got}, not v")
-        value = bv + _senml_number(rec, "v", k)
-        t = bt + (_senml_number(rec, "t", k) if "t" in rec else 0.0)
+        if type(v) is not float and type(v) is not int:
+            raise DecodeError("wrong_type", f"record {k}: v is not a number")
+        value = bv + v
+        t = bt
+        if "t" in rec:
+            t += _senml_number(rec, "t", k)
         if not math.isfinite(t):
             raise DecodeError("bad_timestamp", f"record {k}: time {t!r}")
         if t < _SENML_ABSOLUTE_S:
@@ -494,9 +534,11 @@ def _decode_senml(
         else:
             ts_ns = _seconds_to_ns(t, f"record {k}: time")
         unit = target.unit
-        symbol = _senml_string(rec, "u", k) if "u" in rec else bu
+        symbol = rec.get("u", bu)
+        if "u" in rec and type(symbol) is not str:
+            raise DecodeError("wrong_type", f"record {k}: u is not a string")
         if symbol is not None:
-            parsed = parse_unit(symbol)
+            parsed = UNIT_SYMBOLS.get(symbol)
             if parsed is None:
                 raise DecodeError("unit_unknown", f"record {k}: unit {symbol!r:.40}")
             unit = parsed
@@ -510,7 +552,12 @@ def _decode_senml(
         row = rows.get((sensor, ts_ns))
         if row is None:
             row = rows[(sensor, ts_ns)] = CodecRow({}, {}, ts_ns, sensor or None)
-        _put(row, target, value, unit, f"record {k} ({name})")
+        fields = row.fields
+        if target.field in fields:
+            raise DecodeError("duplicate_metric", f"record {k} ({name}): {target.field} twice")
+        fields[target.field] = float(value)
+        if unit is not _CANONICAL:
+            row.units[target.field] = unit
     if not rows:
         raise DecodeError("no_metrics", "no record names an UrbanPulse metric")
     return list(rows.values())
@@ -520,8 +567,13 @@ def _decode_senml(
 
 
 def _decode_airrohr(
-    obj: Any, ctx: _Context, names: dict[str, _Target], unknown: UnknownFields
+    obj: Any,
+    ctx: _Context,
+    names: dict[str, _Target],
+    unknown: UnknownFields,
+    cache: dict[str, _Target | None],
 ) -> list[CodecRow]:
+    del cache  # only SenML resolves names
     if not isinstance(obj, dict):
         raise DecodeError("not_object", "an airrohr payload is a JSON object")
     values = obj.get("sensordatavalues")
@@ -590,8 +642,13 @@ def _best_gateway(meta: object) -> tuple[float, float, int] | None:
 
 
 def _decode_ttn(
-    obj: Any, ctx: _Context, names: dict[str, _Target], unknown: UnknownFields
+    obj: Any,
+    ctx: _Context,
+    names: dict[str, _Target],
+    unknown: UnknownFields,
+    cache: dict[str, _Target | None],
 ) -> list[CodecRow]:
+    del cache  # only SenML resolves names
     if not isinstance(obj, dict):
         raise DecodeError("not_object", "a TTN message is a JSON object")
     up = obj.get("uplink_message")
@@ -628,7 +685,9 @@ def _decode_ttn(
     return [row]
 
 
-_Decode = Callable[[Any, _Context, dict[str, _Target], UnknownFields], list[CodecRow]]
+_Decode = Callable[
+    [Any, _Context, dict[str, _Target], UnknownFields, dict[str, _Target | None]], list[CodecRow]
+]
 _DECODERS: Final[dict[CodecName, _Decode]] = {
     "senml": _decode_senml,
     "airrohr": _decode_airrohr,
@@ -644,6 +703,8 @@ class CompiledRule:
     pattern: RulePattern | None  # None: the global TopicPattern
     names: dict[str, _Target]
     unknown: UnknownFields
+    #: SenML: resolved name -> target (validity checked once per distinct name).
+    name_cache: dict[str, _Target | None] = field(default_factory=dict)
 
     @property
     def native(self) -> bool:
@@ -658,7 +719,8 @@ class CompiledRule:
     def rows(self, obj: Any, kind: Kind, recv_ns: int, need_sensor: bool) -> list[CodecRow]:
         """The payload's rows, or raise DecodeError."""
         decode = _DECODERS[self.rule.codec]
-        return decode(obj, _Context(kind, recv_ns, need_sensor), self.names, self.unknown)
+        ctx = _Context(kind, recv_ns, need_sensor)
+        return decode(obj, ctx, self.names, self.unknown, self.name_cache)
 
 
 def compile_rules(rules: Sequence[CodecRule], unknown: UnknownFields) -> tuple[CompiledRule, ...]:
