@@ -19,32 +19,36 @@ def _batch(rows: list[tuple[int, int, int]]) -> ReadingBatch:
     )
 
 
+US = 1000  # timestamps in the tests are whole microseconds
+
+
 class Reference:
-    def __init__(self, depth: int) -> None:
-        self.depth = depth
-        self.recent: dict[int, list[int]] = {}
+    """Every (sid, metric, ts) seen before, and repeats within a batch."""
+
+    def __init__(self) -> None:
+        self.seen: set[tuple[int, int, int]] = set()
 
     def apply(self, rows: list[tuple[int, int, int]]) -> list[bool]:
         dup = []
-        seen_in_batch: set[tuple[int, int, int]] = set()
-        for sid, metric, ts in rows:
-            d = ts in self.recent.get(sid, []) or (sid, metric, ts) in seen_in_batch
-            dup.append(d)
-            seen_in_batch.add((sid, metric, ts))
-        for (sid, _m, ts), d in zip(rows, dup, strict=True):
-            if not d:
-                ring = set(self.recent.get(sid, [])) | {ts}
-                self.recent[sid] = sorted(ring, reverse=True)[: self.depth]
+        batch: set[tuple[int, int, int]] = set()
+        for row in rows:
+            dup.append(row in self.seen or row in batch)
+            batch.add(row)
+        self.seen |= batch
         return dup
 
 
-rows_st = st.lists(st.tuples(st.integers(0, 5), st.integers(0, 3), st.integers(0, 30)), max_size=60)
+T0 = 1_763_892_000 * 10**9
+ts_st = st.integers(0, 30).map(lambda t: T0 + t * US)
+rows_st = st.lists(st.tuples(st.integers(0, 5), st.integers(0, 3), ts_st), max_size=60)
 
 
-@given(batches=st.lists(rows_st, max_size=8), depth=st.integers(1, 5))
+@given(batches=st.lists(rows_st, max_size=12))
 @settings(max_examples=200, deadline=None)
-def test_matches_the_reference(batches: list[list[tuple[int, int, int]]], depth: int) -> None:
-    f, ref = DuplicateFilter(depth), Reference(depth)
+def test_matches_the_reference_while_everything_is_retained(
+    batches: list[list[tuple[int, int, int]]],
+) -> None:
+    f, ref = DuplicateFilter(10**12), Reference()
     for rows in batches:
         want = ref.apply(rows)
         kept, n_dup = f.apply(_batch(rows))
@@ -55,16 +59,44 @@ def test_matches_the_reference(batches: list[list[tuple[int, int, int]]], depth:
 
 
 def test_a_redelivered_message_is_dropped_but_a_new_late_one_is_not() -> None:
-    f = DuplicateFilter(4)
-    f.apply(_batch([(0, 0, 100), (0, 1, 100), (0, 0, 160)]))
-    kept, n = f.apply(_batch([(0, 0, 100), (0, 1, 100), (0, 0, 130)]))
+    f = DuplicateFilter()
+    f.apply(_batch([(0, 0, T0 + 100 * US), (0, 1, T0 + 100 * US), (0, 0, T0 + 160 * US)]))
+    kept, n = f.apply(_batch([(0, 0, T0 + 100 * US), (0, 1, T0 + 100 * US), (0, 0, T0 + 130 * US)]))
     assert n == 2
-    assert kept.ts_ns.tolist() == [130]
+    assert kept.ts_ns.tolist() == [T0 + 130 * US]
+
+
+def test_a_long_redelivered_backlog_is_caught_whole() -> None:
+    """Regression: a fixed ring of 4 timestamps let older redeliveries through."""
+    f = DuplicateFilter()
+    backlog = [(s, 0, T0 + i * 30 * 10**9) for i in range(40) for s in range(3)]
+    f.apply(_batch(backlog))
+    _, n = f.apply(_batch(backlog[: len(backlog) // 2]))
+    assert n == len(backlog) // 2
+
+
+def test_readings_older_than_the_retention_are_forgotten() -> None:
+    f = DuplicateFilter(retention_ns=60 * 10**9)
+    f.apply(_batch([(0, 0, T0)]))
+    for i in range(1, 12):  # time moves on by 11 minutes, with compactions
+        f.apply(_batch([(0, 0, T0 + i * 60 * 10**9)]))
+    _, n = f.apply(_batch([(0, 0, T0)]))
+    assert n == 0
+    assert f.tracked_readings < 12  # compaction pruned what is past the retention
 
 
 def test_snapshot_restore_keeps_the_memory() -> None:
-    f = DuplicateFilter(2)
-    f.apply(_batch([(1, 0, 5), (1, 0, 6)]))
+    f = DuplicateFilter()
+    f.apply(_batch([(1, 0, T0 + 5 * US), (1, 0, T0 + 6 * US)]))
     g = DuplicateFilter.restore(f.snapshot())
-    _, n = g.apply(_batch([(1, 0, 6), (1, 0, 5), (1, 0, 7)]))
+    _, n = g.apply(_batch([(1, 0, T0 + 6 * US), (1, 0, T0 + 5 * US), (1, 0, T0 + 7 * US)]))
     assert n == 2
+
+
+def test_rebasing_far_ahead_keeps_recent_keys() -> None:
+    f = DuplicateFilter(retention_ns=3600 * 10**9)
+    day = 86_400 * 10**9
+    for d in range(10):  # ten days: forces rebases of the 12-day key span
+        f.apply(_batch([(2, 1, T0 + d * day)]))
+    _, n = f.apply(_batch([(2, 1, T0 + 9 * day)]))
+    assert n == 1

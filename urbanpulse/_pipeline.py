@@ -40,8 +40,7 @@ __all__ = ["Pipeline", "PipelineOptions", "PipelineStats", "ProcessResult"]
 
 log = logging.getLogger("urbanpulse.pipeline")
 
-_STATE_FILE = "state.npz"
-_META_FILE = "checkpoint.json"
+_STATE_FILE = "checkpoint.npz"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,8 +67,6 @@ class PipelineOptions:
     #: How often window state is checkpointed (bounds the journal replayed after
     #: a crash); the state is also checkpointed on every clean stop.
     checkpoint_interval_s: float = 30.0
-    #: Recent timestamps remembered per series to drop redelivered duplicates.
-    dedup_depth: int = 4
 
 
 @dataclass(slots=True)
@@ -97,6 +94,11 @@ class ProcessResult:
     new_keys: list[SeriesKey]
 
 
+def _dedup_retention_ns(specs: tuple[WindowSpec, ...]) -> int:
+    """How long a reading can still land in an open window: widest + grace + idle."""
+    return max(s.window_ns + s.grace_ns + s.idle_ns for s in specs) + 60 * 10**9
+
+
 class Pipeline:
     def __init__(
         self,
@@ -113,7 +115,7 @@ class Pipeline:
             options.decode, pattern=self.pattern, registry=self.registry, clock=self.clock
         )
         self.windows = MultiWindows(options.windows)
-        self.dedup = DuplicateFilter(options.dedup_depth)
+        self.dedup = DuplicateFilter(_dedup_retention_ns(options.windows))
         self.tags = TagCache(self.registry)
         self.buffer = MessageBuffer(options.buffer, time_ns=self.clock.now_ns)
         self.deadletters = DeadLetterSink(options.deadletter_prefix, None)
@@ -268,14 +270,14 @@ class Pipeline:
         cdir = self._checkpoint_dir
         if cdir is None:
             return 0
-        meta_path, state_path = cdir / _META_FILE, cdir / _STATE_FILE
-        if not (meta_path.exists() and state_path.exists()):
+        path = cdir / _STATE_FILE
+        if not path.exists():
             return 0
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        with np.load(path) as snap:
+            arrays = {k: snap[k] for k in snap.files}
+        meta = json.loads(arrays.pop("meta").tobytes())
         for city, district, kind, sensor_id, lane in meta["keys"]:
             self.registry.resolve(SeriesKey(city, district, Kind(kind), sensor_id, lane))
-        with np.load(state_path) as snap:
-            arrays = {k: snap[k] for k in snap.files}
         windows = {k[len("w.") :]: v for k, v in arrays.items() if k.startswith("w.")}
         dedup = {k[len("d.") :]: v for k, v in arrays.items() if k.startswith("d.")}
         if dedup:
@@ -304,7 +306,8 @@ class Pipeline:
         return seq
 
     def checkpoint(self) -> None:
-        """Persist window state, the duplicate filter and the registry, atomically."""
+        """Persist window state, the duplicate filter, the registry and the spool
+        position in ONE file, replaced atomically (never a state without its seq)."""
         cdir = self._checkpoint_dir
         if cdir is None:
             return
@@ -315,24 +318,19 @@ class Pipeline:
         keys = [
             [k.city, k.district, int(k.kind), k.sensor_id, k.lane] for k in self.registry.all_keys()
         ]
-        arrays = {f"w.{k}": v for k, v in self.windows.snapshot().items()}
+        meta = json.dumps({"seq": seq, "keys": keys}).encode()
+        arrays: dict[str, Any] = {"meta": np.frombuffer(meta, dtype=np.uint8)}
+        arrays.update({f"w.{k}": v for k, v in self.windows.snapshot().items()})
         arrays.update({f"d.{k}": v for k, v in self.dedup.snapshot().items()})
-        tmp_state = cdir / (_STATE_FILE + ".tmp.npz")
+        tmp = cdir / (_STATE_FILE + ".tmp.npz")
         savez: Any = np.savez  # numpy's stub types **arrays as its keyword flags
-        savez(tmp_state, **arrays)
-        tmp_meta = cdir / (_META_FILE + ".tmp")
-        tmp_meta.write_text(json.dumps({"seq": seq, "keys": keys}), encoding="utf-8")
-        # The state first, then the meta that names its seq: a crash in between
-        # leaves the old meta with the new state, which replay from the old seq
-        # would double count, so both are fsynced and the meta is renamed last.
-        for path in (tmp_state, tmp_meta):
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        os.replace(tmp_state, cdir / _STATE_FILE)
-        os.replace(tmp_meta, cdir / _META_FILE)
+        savez(tmp, **arrays)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, cdir / _STATE_FILE)
         self._checkpoint_seq = seq
         self._last_checkpoint_s = time.monotonic()
         if self.spool is not None:
