@@ -283,6 +283,8 @@ class Simulator:
             if nxt is None:
                 break
             need = n - len(out)
+            if self._remaining is not None:
+                need = min(need, self._remaining)
             horizon = nxt + math.ceil(need / rate * 1e9) + max_interval
             out.extend(self._take(horizon, need))
         return out
@@ -319,14 +321,20 @@ class Simulator:
             return self._encode(sid, t - t % 1_000_000)
         # With a scenario: slots inside a dropout are consumed but send nothing,
         # and count/limit apply to what is sent.
-        nominal = t - t % 1_000_000
-        reading = plan.reading_ns(sid, nominal)
-        keep = plan.kept(sid, reading)
-        if limit is not None:
-            sent_before = np.cumsum(keep)
-            if int(sent_before[-1]) > limit:
-                cut = int(np.searchsorted(sent_before, limit, side="left")) + 1
-                sid, t, reading, keep = sid[:cut], t[:cut], reading[:cut], keep[:cut]
+        # Look at no more slots than needed: the first `limit`, more if some are dropped.
+        look = total if limit is None else min(total, limit)
+        while True:
+            nominal = t[:look] - t[:look] % 1_000_000
+            reading = plan.reading_ns(sid[:look], nominal)
+            keep = plan.kept(sid[:look], reading)
+            kept = int(keep.sum())
+            if limit is None or kept >= limit or look == total:
+                break
+            look = min(total, 2 * look + (limit - kept))
+        sid, t = sid[:look], t[:look]
+        if limit is not None and kept > limit:
+            cut = int(np.searchsorted(np.cumsum(keep), limit, side="left")) + 1
+            sid, t, reading, keep = sid[:cut], t[:cut], reading[:cut], keep[:cut]
         self._next += np.bincount(sid, minlength=self._next.shape[0]) * self._interval
         self.last_event_ns = int(t[-1])
         sid, reading = sid[keep], reading[keep]

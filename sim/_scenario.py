@@ -50,7 +50,7 @@ import json
 import math
 import tomllib
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Final, Literal, Self
 
@@ -277,8 +277,8 @@ def random_scenario(
     *,
     seed: int,
     days: float,
+    start_ns: int,
     rates: FaultRates | None = None,
-    origin: datetime | None = None,
 ) -> Scenario:
     """A seeded scenario sprinkling each fault kind over the fleet for ``days``.
 
@@ -287,8 +287,9 @@ def random_scenario(
     district) never overlap and keep ``rates.gap_s`` apart, so each label
     stays attributable. Durations: stuck 1-6 h, dropout 15 min-4 h, out of
     range 30 min-6 h, incident 20-90 min, clock skew 2-24 h (+-20-240 s),
-    fog 1-4 h, haze 12-48 h (+60-200 ug/m3). Offsets are relative to
-    ``origin`` (None: the run's start).
+    fog 1-4 h, haze 12-48 h (+60-200 ug/m3). The scenario's origin is
+    ``start_ns`` (floored to the second), so it means the same instants
+    whatever run it is applied to.
     """
     if not days > 0:
         raise ConfigError(f"days must be positive, got {days}")
@@ -314,14 +315,19 @@ def random_scenario(
         who = np.repeat(idx, n)
         return who, rng.random(who.shape[0]) * span_s
 
+    traffic = (kinds == Kind.TRAFFIC).tolist()
+    reference = (models == MODEL_REFERENCE).tolist()
+    lane_count = lanes.tolist()
+    full_pool = _AIR_METRICS + _GAS_METRICS
+
     def metric_for(i: int) -> str:
-        if kinds[i] == Kind.TRAFFIC:
-            return str(rng.choice(_TRAFFIC_METRICS))
-        pool = _AIR_METRICS + (_GAS_METRICS if models[i] == MODEL_REFERENCE else ())
-        return str(rng.choice(pool))
+        if traffic[i]:
+            return _TRAFFIC_METRICS[int(rng.integers(len(_TRAFFIC_METRICS)))]
+        pool = full_pool if reference[i] else _AIR_METRICS
+        return pool[int(rng.integers(len(pool)))]
 
     def lane_for(i: int) -> int:
-        return int(rng.integers(1, lanes[i] + 1)) if kinds[i] == Kind.TRAFFIC else 0
+        return int(rng.integers(1, lane_count[i] + 1)) if traffic[i] else 0
 
     everyone = np.ones(len(sensors), dtype=bool)
     f: _Fault
@@ -331,7 +337,7 @@ def random_scenario(
             metric=metric_for(i),
             lane=lane_for(i),
             start_s=float(t),
-            factor=float(rng.choice([0.2, 3.0, 4.0, 6.0]) if kinds[i] == Kind.AIR else 3.0),
+            factor=(0.2, 3.0, 4.0, 6.0)[int(rng.integers(4))] if not traffic[i] else 3.0,
         )
         drafts.append((int(i), float(t), float(t) + 60.0, f))
     for i, t in zip(*draw(everyone, r.stuck), strict=True):
@@ -385,7 +391,8 @@ def random_scenario(
     n_d = len(fleet.districts)
     has_air = np.zeros(n_d, dtype=bool)
     has_air[fleet.district_index[fleet.kind == Kind.AIR]] = True
-    origin_s = 0.0 if origin is None else origin.timestamp()
+    origin_s = float(start_ns // 1_000_000_000)
+    origin = datetime.fromtimestamp(origin_s, UTC)
     for d in np.repeat(np.arange(n_d), rng.poisson(r.fog * days, n_d)).tolist():
         day = math.floor(rng.random() * days)
         # 02:00-07:00 WIB on that day, relative to the origin.
