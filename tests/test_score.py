@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from sim import DetectorScore, Label, score_detections
+from sim._groundtruth import interval_pairs
 from urbanpulse._events import Event, EventState, Severity
 
 T0 = 1_763_917_200_000_000_000
@@ -199,3 +201,25 @@ def test_table_renders_markdown_and_json() -> None:
 def test_invalid_period_is_refused() -> None:
     with pytest.raises(ValueError, match="n_sensors"):
         score_detections([], [], n_sensors=0, start_ns=T0, end_ns=T0 + DAY)
+
+
+def test_interval_pairs_edges_overlaps_and_groups() -> None:
+    i64 = np.int64
+    iv_group = np.array([1, 1, 2], dtype=i64)
+    iv_lo = np.array([10, 15, 10], dtype=i64)
+    iv_hi = np.array([20, 30, 20], dtype=i64)
+    q_group = np.array([1, 1, 1, 1, 2, 3], dtype=i64)
+    q_t = np.array([9, 10, 17, 20, 20, 15], dtype=i64)
+    q, iv = interval_pairs(iv_group, iv_lo, iv_hi, q_group, q_t)
+    # t=9 before; t=10 in the first; t=17 in both (overlap); t=20 only in [15, 30)
+    # (half-open); group 2 at its end: nothing; group 3 has no intervals.
+    assert sorted(zip(q.tolist(), iv.tolist(), strict=True)) == [(1, 0), (2, 0), (2, 1), (3, 1)]
+    q, iv = interval_pairs(iv_group, iv_lo, iv_hi, q_group, q_t, closed=True)
+    assert sorted(zip(q.tolist(), iv.tolist(), strict=True)) == [
+        (1, 0),
+        (2, 0),
+        (2, 1),
+        (3, 0),
+        (3, 1),
+        (4, 2),
+    ]
