@@ -170,3 +170,71 @@ def test_demo_runs_without_external_services(tmp_path: Path) -> None:
     assert "\nair," in "\n" + text
     assert "\nair_1m," in "\n" + text  # at x120 a minute passes every half second
     assert "done." in proc.stdout
+
+
+def test_spool_status_and_replay_after_a_stop_with_the_database_down(
+    mosquitto: MosquittoServer, tmp_path: Path
+) -> None:
+    from servers import VictoriaMetricsServer, free_port
+
+    vm_port = free_port()
+    env = _env(
+        MQTT__PORT=str(mosquitto.port),
+        MQTT__QOS="1",
+        OUTPUT__KIND="influx2",
+        OUTPUT__INFLUX2__URL=f"http://127.0.0.1:{vm_port}",  # nothing listens yet
+        OUTPUT__RETRY_MAX_S="0.5",
+        SHUTDOWN_TIMEOUT_S="2",
+        LOG__FORMAT="json",
+        LOG__STATS_INTERVAL_S="0.3",
+        STATE_DIR=str(tmp_path / "state"),
+        SPOOL__DIRECTORY=str(tmp_path / "spool"),
+    )
+    run = subprocess.Popen(
+        [sys.executable, "-m", "urbanpulse.cli", "run"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    assert run.stderr is not None
+    logs = LogReader(run.stderr)
+    try:
+        deadline = time.monotonic() + 20
+        while not any(r.get("msg") == "mqtt connected" for r in logs.lines):
+            assert run.poll() is None, "".join(logs.text)
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        sim = subprocess.run(
+            [sys.executable, "-m", "urbanpulse.cli", "sim", "--count", "800", "--rate", "2000",
+             "--qos", "1", "--seed", "9", "--quiet"],
+            env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert sim.returncode == 0, sim.stderr
+        deadline = time.monotonic() + 20
+        while (logs.last_stats() or {}).get("messages_ok", 0) < 800:
+            assert time.monotonic() < deadline, logs.last_stats()
+            time.sleep(0.1)
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(30) == 0  # bounded stop even though nothing could be written
+    finally:
+        if run.poll() is None:
+            run.kill()
+        logs.join()
+
+    def cli(*args: str) -> dict[str, Any]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "urbanpulse.cli", "spool", *args],
+            env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out: dict[str, Any] = json.loads(proc.stdout)
+        return out
+
+    before = cli("status")
+    assert before["pending_records"] > 0
+    with VictoriaMetricsServer(tmp_path / "vm", port=vm_port) as vm:
+        replayed = cli("replay", "--timeout", "60")
+        assert replayed["replayed_records"] == before["pending_records"]
+        assert replayed["points_written"] >= 800
+        vm.force_flush()
+        rows = vm.export('{__name__=~"air_pm25|traffic_intensity"}')
+        assert sum(len(r["values"]) for r in rows) >= 800
+    after = cli("status")
+    assert after["pending_records"] == 0

@@ -60,6 +60,14 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--ts-format", choices=("epoch_s", "iso"))
     sim.add_argument("--quiet", action="store_true", help="no progress line")
 
+    spool = sub.add_parser("spool", help="the disk spool: show it, or write it to the database")
+    spool_sub = spool.add_subparsers(dest="spool_command", required=True)
+    spool_sub.add_parser("status", help="segments, size, records not yet in the database")
+    replay = spool_sub.add_parser(
+        "replay", help="write every spooled record to the configured output, then exit"
+    )
+    replay.add_argument("--timeout", type=float, default=600.0, help="give up after S seconds")
+
     cfg = sub.add_parser("config", help="configuration tools")
     cfg_sub = cfg.add_subparsers(dest="config_command", required=True)
     check = cfg_sub.add_parser("check", help="validate a config file, print effective settings")
@@ -292,6 +300,59 @@ def _print_demo_status(stats: dict[str, Any]) -> None:
     )
 
 
+# -- spool -------------------------------------------------------------------------------
+def _spool_status(settings: Settings) -> int:
+    from dataclasses import asdict
+
+    from urbanpulse._spool import Spool, SpoolOptions
+
+    if not settings.spool.directory.exists():
+        print(json.dumps({"directory": str(settings.spool.directory), "exists": False}))
+        return 0
+    spool = Spool(SpoolOptions(directory=settings.spool.directory))
+    try:
+        print(json.dumps(asdict(spool.status()), indent=2))
+    finally:
+        spool.close()
+    return 0
+
+
+async def _spool_replay(settings: Settings, timeout_s: float) -> int:
+    """Recover like `run` does (checkpoint + spool), write what is pending, stop."""
+    from urbanpulse._app import make_writer, pipeline_options
+    from urbanpulse._pipeline import Pipeline
+
+    if not settings.spool.enabled:
+        raise UrbanPulseError("the spool is disabled in this configuration")
+    pipeline = Pipeline(pipeline_options(settings), writer=make_writer(settings.output))
+    pending = pipeline.stage.pending_records
+    task = asyncio.create_task(pipeline.stage.run())
+    try:
+        await asyncio.wait_for(pipeline.stage.close(), timeout_s)
+    except TimeoutError:
+        log.error("replay did not finish", extra={"pending": pipeline.stage.pending_records})
+        return 1
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        pipeline.checkpoint()
+        if pipeline.spool is not None:
+            pipeline.spool.close()
+        pipeline.writer.close()
+    st = pipeline.stage.stats
+    print(
+        json.dumps(
+            {
+                "replayed_records": pending,
+                "points_written": st.points_written,
+                "points_rejected": st.points_rejected,
+            }
+        )
+    )
+    return 0
+
+
 # -- config ------------------------------------------------------------------------------
 def _config_check(path: Path) -> int:
     settings = load_settings(path)
@@ -313,6 +374,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_sim(_sim_overrides(settings, args), args))
         if args.command == "demo":
             return asyncio.run(_demo(settings, args))
+        if args.command == "spool":
+            if args.spool_command == "status":
+                return _spool_status(settings)
+            return asyncio.run(_spool_replay(settings, args.timeout))
     except UrbanPulseError as exc:
         print(f"urbanpulse: error: {exc}", file=sys.stderr)
         return 2
