@@ -54,11 +54,12 @@ class Unit(enum.IntEnum):
     CEL = 5
     KELVIN = 6
     FAHRENHEIT = 7
-    PERCENT = 8  # %RH for humidity, % for occupancy
+    PERCENT = 8  # "%": humidity in %RH, occupancy in %
     RATIO = 9  # SenML "/": a 0-1 fraction
     KM_H = 10
     M_S = 11
     COUNT = 12  # vehicles (SenML "1", "count")
+    PERCENT_RH = 13  # "%RH": relative humidity only
 
 
 N_UNITS: Final = len(Unit)
@@ -93,7 +94,7 @@ UNIT_SYMBOLS: Final[dict[str, Unit]] = {
     "K": Unit.KELVIN,
     "degF": Unit.FAHRENHEIT,
     "°F": Unit.FAHRENHEIT,
-    "%RH": Unit.PERCENT,
+    "%RH": Unit.PERCENT_RH,
     "%": Unit.PERCENT,
     "/": Unit.RATIO,
     "km/h": Unit.KM_H,
@@ -126,6 +127,7 @@ def _tables() -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     offset[t, Unit.FAHRENHEIT] = -32.0 * 5.0 / 9.0
     rh = Metric.RELATIVE_HUMIDITY
     factor[rh, Unit.PERCENT] = 1.0
+    factor[rh, Unit.PERCENT_RH] = 1.0
     factor[rh, Unit.RATIO] = 100.0
     occ = Metric.OCCUPANCY
     factor[occ, Unit.RATIO] = 1.0

@@ -412,6 +412,26 @@ def test_normalise_units_matches_a_per_cell_reference() -> None:
     assert mismatch.any()
 
 
+@pytest.mark.parametrize(
+    ("metric", "symbol"),
+    [
+        (Metric.PM25, "Cel"),
+        (Metric.PM10, "ppb"),  # no molar mass for an aerosol
+        (Metric.OCCUPANCY, "%RH"),
+        (Metric.TEMPERATURE, "%"),
+        (Metric.RELATIVE_HUMIDITY, "ug/m3"),
+        (Metric.INTENSITY, "km/h"),
+    ],
+)
+def test_units_that_cannot_express_a_metric_are_a_mismatch(metric: Metric, symbol: str) -> None:
+    unit = parse_unit(symbol)
+    assert unit is not None
+    _, mismatch = normalise_units(
+        np.array([[1.0]]), np.array([metric], np.uint8), np.array([[unit]], np.uint8)
+    )
+    assert mismatch.tolist() == [[True]]
+
+
 def test_canonical_unit_is_identity_for_every_metric() -> None:
     assert np.all(UNIT_FACTOR[:, Unit.CANONICAL] == 1.0)
     assert np.all(UNIT_OFFSET[:, Unit.CANONICAL] == 0.0)
