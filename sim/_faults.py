@@ -119,8 +119,11 @@ class _Builder:
         a: float | _F64 = 0.0,
         b: float = 0.0,
     ) -> None:
-        a_arr = np.broadcast_to(np.asarray(a, dtype=np.float64), (len(streams),))
-        for s, av in zip(np.asarray(streams).tolist(), a_arr.tolist(), strict=True):
+        ids = streams if isinstance(streams, list) else streams.tolist()
+        if isinstance(a, float):
+            self.rows.extend((int(s), lo, hi, code, metric, a, b) for s in ids)
+            return
+        for s, av in zip(ids, a.tolist(), strict=True):
             self.rows.append((int(s), lo, hi, code, metric, float(av), b))
 
     def build(self, codes: tuple[int, ...]) -> _Spans:
@@ -463,7 +466,7 @@ def _upstream(
         (fleet.corridor == corridor)
         & (dist > 0.0)
         & (dist <= f.reach_km)
-        & (np.asarray(fleet.sensor_id, dtype=object) != fleet.sensor_id[stream])
+        & (fleet.sensor_key != fleet.sensor_key[stream])
     )
     sev = f.severity * np.exp(-2.0 * dist[cand] / f.reach_km)
     cand, sev = cand[sev >= 0.25], sev[sev >= 0.25]
