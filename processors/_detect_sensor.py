@@ -642,7 +642,7 @@ class DeadSensorDetector(DetectorBase):
             c_last[rows] = np.where(advance, now, last)
             c_n[rows] = np.where(advance, np.minimum(n, 254) + 1, n)
             if bool(gap.any()) or bool(recover.any()):
-                c_dead[rows] = 0
+                c_dead[rows] = (dead & ~recover).view(np.uint8)
                 row, s = first[p], sid[p]
                 out.add(
                     gap,
@@ -684,11 +684,20 @@ class DeadSensorDetector(DetectorBase):
         if not bool(silent.any()):
             return Detections.empty()
         dead[silent] = 1
+        # by series id, whatever the allocation order of the rows
+        order = np.argsort(t.cols["sid"][:k], kind="stable")
+        last, iv, limit_s, limit_ns, silent = (
+            last[order],
+            iv[order],
+            limit_s[order],
+            limit_ns[order],
+            silent[order],
+        )
         out = Collector()
         out.add(
             silent,
             row=np.full(k, -1, np.int64),
-            sid=t.cols["sid"][:k].astype(np.int64),
+            sid=t.cols["sid"][:k][order].astype(np.int64),
             metric=-1,
             code=0,
             state=START,
