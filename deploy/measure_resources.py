@@ -2,7 +2,7 @@
 
 Starts a local Mosquitto (tests/servers.py), ``urbanpulse run`` and
 ``urbanpulse sim --rate R`` as separate processes, samples the pipeline
-process with psutil, and prints one JSON object per run. The figures size the
+process from /proc (RSS, CPU time), and prints one JSON object per run. The figures size the
 Kubernetes requests/limits (deploy/k8s) and are recorded in docs/deploy.md.
 
     python deploy/measure_resources.py --rate 5000 --duration 40 --output none files
@@ -21,25 +21,57 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import psutil
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from servers import MosquittoServer  # noqa: E402
 
-__all__ = ["RunFigures", "main", "measure"]
+__all__ = ["ProcSampler", "RunFigures", "main", "measure"]
+
+_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+class ProcSampler:
+    """RSS and CPU of one process, read from /proc (Linux)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._last = (time.monotonic(), self.cpu_s())
+
+    def rss(self) -> int:
+        """Resident set size in bytes."""
+        with open(f"/proc/{self.pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError(f"no VmRSS for pid {self.pid}")
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds so far."""
+        with open(f"/proc/{self.pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
+
+    def cpu_percent(self) -> float:
+        """CPU use since the previous call, in percent of one core."""
+        now, cpu = time.monotonic(), self.cpu_s()
+        last_t, last_cpu = self._last
+        self._last = (now, cpu)
+        return 100.0 * (cpu - last_cpu) / max(now - last_t, 1e-9)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunFigures:
     output: str
     qos: int
+    receive_maximum: int | None
     target_rate_per_s: float
     sent: int
     sim_rate_per_s: float
     received: int
     readings: int
+    #: Refused messages by reason (a run is only meaningful when this is empty).
+    dead_letters: dict[str, int]
     rss_start_mib: float
     rss_peak_mib: float
     rss_end_mib: float
@@ -47,6 +79,11 @@ class RunFigures:
     cpu_p95_percent: float
     #: Seconds after the simulator stopped until the pipeline had caught up.
     drain_s: float
+    #: Messages received by the pipeline per second, from the simulator's start
+    #: until it had caught up.
+    consumed_per_s: float
+    #: CPU seconds the broker used in the whole run.
+    broker_cpu_s: float
     samples: int
 
 
@@ -63,6 +100,13 @@ def _stats_lines(log_path: Path) -> list[dict[str, object]]:
     return lines
 
 
+def _dead_letters(stats: dict[str, object]) -> dict[str, int]:
+    raw = stats.get("dead_letters")
+    if not isinstance(raw, dict):
+        return {}
+    return {str(k): int(v) for k, v in raw.items()}
+
+
 def measure(
     *,
     output: str,
@@ -71,6 +115,7 @@ def measure(
     qos: int,
     n_air: int,
     n_traffic: int,
+    receive_maximum: int | None = None,
     sample_interval_s: float = 0.5,
 ) -> RunFigures:
     with tempfile.TemporaryDirectory(prefix="urbanpulse-measure-") as tmp_dir:
@@ -89,6 +134,8 @@ def measure(
                 "URBANPULSE_SIM__N_AIR": str(n_air),
                 "URBANPULSE_SIM__N_TRAFFIC": str(n_traffic),
             }
+            if receive_maximum is not None:
+                env["URBANPULSE_MQTT__RECEIVE_MAXIMUM"] = str(receive_maximum)
             log_path = tmp / "run.log"
             with log_path.open("wb") as log:
                 run = subprocess.Popen(
@@ -97,9 +144,11 @@ def measure(
                     stdout=log,
                     stderr=subprocess.STDOUT,
                 )
-                proc = psutil.Process(run.pid)
+                proc = ProcSampler(run.pid)
+                assert broker.pid is not None
+                broker_proc = ProcSampler(broker.pid)
                 time.sleep(2.0)  # start-up: imports, connect, subscribe
-                rss_start = proc.memory_info().rss
+                rss_start = proc.rss()
                 sim = subprocess.Popen(
                     [
                         sys.executable,
@@ -118,13 +167,15 @@ def measure(
                     stdout=subprocess.PIPE,
                     text=True,
                 )
-                proc.cpu_percent(None)
+                proc.cpu_percent()
+                broker_cpu_start_s = broker_proc.cpu_s()
+                started = time.monotonic()
                 rss: list[int] = []
                 cpu: list[float] = []
                 while sim.poll() is None:
                     time.sleep(sample_interval_s)
-                    rss.append(proc.memory_info().rss)
-                    cpu.append(proc.cpu_percent(None))
+                    rss.append(proc.rss())
+                    cpu.append(proc.cpu_percent())
                 sim_out, _ = sim.communicate()
                 sim_done = time.monotonic()
                 sent = int(json.loads(sim_out.strip().splitlines()[-1])["sent"])
@@ -133,8 +184,8 @@ def measure(
                 seen, last_change = -1, time.monotonic()
                 while time.monotonic() - last_change < 5.0:
                     time.sleep(sample_interval_s)
-                    rss.append(proc.memory_info().rss)
-                    cpu.append(proc.cpu_percent(None))
+                    rss.append(proc.rss())
+                    cpu.append(proc.cpu_percent())
                     stats = _stats_lines(log_path)
                     received = int(str(stats[-1]["received"])) if stats else 0
                     if received >= sent:
@@ -142,7 +193,9 @@ def measure(
                     if received != seen:
                         seen, last_change = received, time.monotonic()
                 drain_s = time.monotonic() - sim_done
-                rss_end = proc.memory_info().rss
+                consumed_s = time.monotonic() - started
+                broker_cpu_s = broker_proc.cpu_s() - broker_cpu_start_s
+                rss_end = proc.rss()
                 run.terminate()
                 run.wait(timeout=60)
             sim_stats = json.loads(sim_out.strip().splitlines()[-1])
@@ -153,17 +206,21 @@ def measure(
     return RunFigures(
         output=output,
         qos=qos,
+        receive_maximum=receive_maximum,
         target_rate_per_s=rate_per_s,
         sent=int(sim_stats["sent"]),
         sim_rate_per_s=float(sim_stats["rate_per_s"]),
         received=int(str(last.get("received", -1))),
         readings=int(str(last.get("readings", -1))),
+        dead_letters=_dead_letters(last),
         rss_start_mib=round(rss_start / mib, 1),
         rss_peak_mib=round(max(rss) / mib, 1),
         rss_end_mib=round(rss_end / mib, 1),
         cpu_mean_percent=round(statistics.fmean(steady), 1),
         cpu_p95_percent=round(statistics.quantiles(steady, n=20)[-1], 1),
         drain_s=round(drain_s, 1),
+        consumed_per_s=round(int(str(last.get("received", 0))) / consumed_s, 1),
+        broker_cpu_s=round(broker_cpu_s, 1),
         samples=len(cpu),
     )
 
@@ -176,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-air", type=int, default=2000)
     p.add_argument("--n-traffic", type=int, default=500)
     p.add_argument("--output", nargs="+", default=["none", "files"])
+    p.add_argument("--receive-maximum", type=int, help="mqtt.receive_maximum of the pipeline")
     args = p.parse_args(argv)
     for output in args.output:
         figures = measure(
@@ -185,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             qos=args.qos,
             n_air=args.n_air,
             n_traffic=args.n_traffic,
+            receive_maximum=args.receive_maximum,
         )
         print(json.dumps(asdict(figures)), flush=True)
     return 0

@@ -305,6 +305,19 @@ def test_a_sensor_publishes_only_under_its_own_topic(
 
 
 @pytest.mark.integration
+def test_an_mqtt311_sensor_gets_a_plain_puback_and_its_forgery_is_dropped(
+    broker: DeployedMosquitto, clients: Callable[..., Client]
+) -> None:
+    pipeline = clients(broker.port, "pipeline", PASSWORDS["pipeline"])
+    assert _ok(pipeline.subscribe("urbanpulse/#"))
+    sensor = clients(broker.port, "aq-1", PASSWORDS["aq-1"], protocol=mqtt.MQTTv311)
+    assert _ok(sensor.publish(SENSOR_TOPIC.format("aq-2"), b"forged"))  # 3.1.1 cannot say no
+    assert _ok(sensor.publish(SENSOR_TOPIC.format("aq-1"), b"own"))
+    pipeline.wait(lambda: len(pipeline.messages) >= 1)
+    assert pipeline.messages == [(SENSOR_TOPIC.format("aq-1"), b"own")]
+
+
+@pytest.mark.integration
 def test_the_pipeline_reads_everything_and_writes_only_its_own_topics(
     broker: DeployedMosquitto, clients: Callable[..., Client]
 ) -> None:
@@ -385,7 +398,7 @@ def test_the_tls_listener_serves_the_generated_certificate(
 def test_an_offline_persistent_session_keeps_more_than_the_stock_1000_across_a_restart(
     broker: DeployedMosquitto, clients: Callable[..., Client]
 ) -> None:
-    n = 3000  # the stock max_queued_messages (1000) would drop about 2000 of these
+    n = 1500  # the stock max_queued_messages (1000) would drop about 500 of these
     session_id = "urbanpulse-deploy-test"
     first = connect(
         broker.port,
