@@ -185,26 +185,28 @@ class _KindRows:
     message is one row per reading time (``CodecRow.fields``, validated the same way).
     """
 
-    __slots__ = ("idx", "infos", "objs", "rows")
+    __slots__ = ("codec", "idx", "infos", "objs")
 
     def __init__(self) -> None:
         self.idx: list[int] = []
         self.infos: list[TopicInfo] = []
         self.objs: list[Any] = []
-        #: None for a native row.
-        self.rows: list[CodecRow | None] = []
+        #: The codec rows by position; native rows have no entry.
+        self.codec: dict[int, CodecRow] = {}
 
-    def add(self, i: int, info: TopicInfo, obj: Any, row: CodecRow | None) -> None:
+    def add_codec(self, i: int, info: TopicInfo, row: CodecRow) -> None:
+        self.codec[len(self.idx)] = row
         self.idx.append(i)
         self.infos.append(info)
-        self.objs.append(obj)
-        self.rows.append(row)
+        self.objs.append(row.fields)
 
     def keep(self, positions: list[int]) -> None:
         self.idx = [self.idx[p] for p in positions]
         self.infos = [self.infos[p] for p in positions]
         self.objs = [self.objs[p] for p in positions]
-        self.rows = [self.rows[p] for p in positions]
+        if self.codec:
+            old = self.codec
+            self.codec = {new: old[p] for new, p in enumerate(positions) if p in old}
 
 
 _Route = tuple[CompiledRule | None, TopicInfo | TopicError, bool]
@@ -295,7 +297,9 @@ class NativeJsonDecoder:
                 continue
             group = by_kind[info.kind]
             if rule is None:
-                group.add(i, info, obj, None)
+                group.idx.append(i)
+                group.infos.append(info)
+                group.objs.append(obj)
                 continue
             try:
                 rows = rule.rows(obj, info.kind, recv_ns[i], from_payload)
@@ -309,7 +313,7 @@ class NativeJsonDecoder:
                 row_info = info
                 if row.sensor_id is not None:
                     row_info = TopicInfo(info.city, info.district, info.kind, row.sensor_id)
-                group.add(i, row_info, row.fields, row)
+                group.add_codec(i, row_info, row)
 
         parts: list[ReadingBatch] = []
         radios: list[RadioBatch] = []
@@ -373,12 +377,12 @@ class NativeJsonDecoder:
         ts_ns, ts_bad, flags = self._row_timestamps(dicts, group, inbox.recv_ns)
 
         unit_bad = np.zeros(n, dtype=np.bool_)
-        coded = [p for p, row in enumerate(group.rows) if row is not None and row.units]
+        coded = [(p, row.units) for p, row in group.codec.items() if row.units]
         if coded:
             units = np.zeros(values.shape, dtype=np.uint8)
             col = {name: j for j, name in enumerate(codec.fields)}
-            for p in coded:
-                for name, unit in group.rows[p].units.items():  # type: ignore[union-attr]
+            for p, row_units in coded:
+                for name, unit in row_units.items():
                     units[p, col[name]] = unit
             values, mismatch = normalise_units(values, codec.codes, units)
             unit_bad = np.any(mismatch, axis=1)
@@ -399,10 +403,15 @@ class NativeJsonDecoder:
         rejected = ts_bad | unit_bad | future | past | no_metrics | bad_range
 
         # A message is refused as a whole: rows are grouped by message (contiguous).
-        msg = np.asarray(idx, dtype=np.int64)
-        starts = np.flatnonzero(np.concatenate(([True], msg[1:] != msg[:-1])))
-        counts = np.diff(np.append(starts, n))
-        msg_rejected = np.logical_or.reduceat(rejected, starts)
+        if group.codec:
+            msg = np.asarray(idx, dtype=np.int64)
+            starts = np.flatnonzero(np.concatenate(([True], msg[1:] != msg[:-1])))
+            counts = np.diff(np.append(starts, n))
+            msg_rejected = np.logical_or.reduceat(rejected, starts)
+        else:  # native only: one row per message
+            starts = np.arange(n)
+            counts = np.ones(n, dtype=np.int64)
+            msg_rejected = rejected
         if msg_rejected.any():
             for g in np.flatnonzero(msg_rejected).tolist():
                 first = int(starts[g])
@@ -455,7 +464,7 @@ class NativeJsonDecoder:
     def _mismatch_detail(
         codec: _KindCodec, values: NDArray[np.float64], pos: int, group: _KindRows
     ) -> str:
-        row = group.rows[pos]
+        row = group.codec.get(pos)
         units = row.units if row is not None else {}
         bad = [
             f"{name} cannot be given in {Unit(u).name}"
@@ -471,20 +480,20 @@ class NativeJsonDecoder:
         ts_ns: NDArray[np.int64],
         rejected: NDArray[np.bool_],
     ) -> RadioBatch:
-        pos = [
-            p
-            for p, row in enumerate(group.rows)
-            if row is not None and row.radio is not None and not rejected[p]
-        ]
+        pos: list[int] = []
+        radio: list[tuple[float, float, int]] = []
+        for p, row in group.codec.items():
+            if row.radio is not None and not rejected[p]:
+                pos.append(p)
+                radio.append(row.radio)
         if not pos:
             return RadioBatch.empty()
-        radio = [group.rows[p].radio for p in pos]  # type: ignore[union-attr]
         return RadioBatch(
             sid=sids[pos],
             ts_ns=ts_ns[pos],
-            rssi_dbm=np.array([r[0] for r in radio], dtype=np.float64),  # type: ignore[index]
-            snr_db=np.array([r[1] for r in radio], dtype=np.float64),  # type: ignore[index]
-            gateways=np.array([r[2] for r in radio], dtype=np.int32),  # type: ignore[index]
+            rssi_dbm=np.array([r[0] for r in radio], dtype=np.float64),
+            snr_db=np.array([r[1] for r in radio], dtype=np.float64),
+            gateways=np.array([r[2] for r in radio], dtype=np.int32),
         )
 
     def _row_timestamps(
@@ -492,23 +501,21 @@ class NativeJsonDecoder:
     ) -> tuple[NDArray[np.int64], NDArray[np.bool_], NDArray[np.uint8]]:
         """Native rows from ``dateObserved``; codec rows from the time their codec
         resolved, or the receive time (flag RECEIVE_TIME) when the payload had none."""
-        rows = group.rows
+        codec_rows = group.codec
         idx = group.idx
-        native = [p for p, row in enumerate(rows) if row is None]
-        if len(native) == len(rows):
+        if not codec_rows:
             return self._timestamps(dicts, [recv[i] for i in idx])
-        n = len(rows)
+        n = len(idx)
         ts = np.zeros(n, dtype=np.int64)
         bad = np.zeros(n, dtype=np.bool_)
         flags = np.zeros(n, dtype=np.uint8)
-        if native:
+        if len(codec_rows) < n:
+            native = [p for p in range(n) if p not in codec_rows]
             nts, nbad, nflags = self._timestamps(
                 [dicts[p] for p in native], [recv[idx[p]] for p in native]
             )
             ts[native], bad[native], flags[native] = nts, nbad, nflags
-        for p, row in enumerate(rows):
-            if row is None:
-                continue
+        for p, row in codec_rows.items():
             if row.ts_ns is None:
                 ts[p] = recv[idx[p]]
                 flags[p] = ReadingFlag.RECEIVE_TIME
