@@ -889,6 +889,7 @@ class IndexTracker:
         self._districts = _Levels(len(self.ispu_pollutants))
         self._sid_district: I32 = np.empty(0, np.int32)
         self._last_hour: I64 = np.empty(0, np.int64)
+        self._pending_ts: I64 = np.empty(0, np.int64)
         self.district_keys: list[tuple[str, str]] = []
         self._district_ids: dict[tuple[str, str], int] = {}
 
@@ -966,16 +967,39 @@ class IndexTracker:
         return r_ispu, r_aqi
 
     def update(self, batch: ReadingBatch) -> IndexUpdate:
+        """``observe(batch)`` then ``evaluate()``: indices of the sensors it touched."""
+        too_old = self.observe(batch)
+        result = self.evaluate()
+        return IndexUpdate(result.events, result.sensors, result.districts, too_old)
+
+    def observe(self, batch: ReadingBatch) -> int:
+        """Fold a batch into the rolling means (cheap); indices wait for ``evaluate``.
+
+        The pipeline observes every micro-batch and evaluates on a timer, since
+        computing indices per batch would cost more than everything else.
+        Returns how many readings were too old for the rolling rings.
+        """
         too_old = self.rolling.update(batch)
-        n_ispu = len(self.ispu_pollutants)
         tracked = self._tracked[batch.metric]
-        if not bool(tracked.any()):
-            return IndexUpdate([], IndexRows.empty(n_ispu), IndexRows.empty(n_ispu), too_old)
-        sid_all = batch.sid[tracked].astype(np.int64)
-        touched, inv = np.unique(sid_all, return_inverse=True)
-        ts = np.full(touched.shape[0], _I64_MIN, np.int64)
-        np.maximum.at(ts, inv, batch.ts_ns[tracked])
-        self._reserve(int(touched[-1]) + 1)
+        if bool(tracked.any()):
+            sid_all = batch.sid[tracked].astype(np.int64)
+            self._reserve(int(sid_all.max()) + 1)
+            if self._pending_ts.shape[0] < self._last_hour.shape[0]:
+                grown = np.full(self._last_hour.shape[0], _I64_MIN, np.int64)
+                grown[: self._pending_ts.shape[0]] = self._pending_ts
+                self._pending_ts = grown
+            np.maximum.at(self._pending_ts, sid_all, batch.ts_ns[tracked])
+        return too_old
+
+    def evaluate(self) -> IndexUpdate:
+        """Indices, category-change events and rows for the sensors observed since the
+        last evaluation (each at its newest observed time)."""
+        n_ispu = len(self.ispu_pollutants)
+        touched = np.flatnonzero(self._pending_ts != _I64_MIN).astype(np.int64)
+        if touched.shape[0] == 0:
+            return IndexUpdate([], IndexRows.empty(n_ispu), IndexRows.empty(n_ispu), 0)
+        ts = self._pending_ts[touched].copy()
+        self._pending_ts[touched] = _I64_MIN
         self._map_districts(touched)
         now_ns = self.clock.now_ns()
 
@@ -1005,7 +1029,7 @@ class IndexTracker:
             r_aqi.index,
         ).take(has)
         districts, d_events = self._update_districts(touched, ts, now_ns)
-        return IndexUpdate(events + d_events, sensors, districts, too_old)
+        return IndexUpdate(events + d_events, sensors, districts, 0)
 
     def _update_districts(
         self, touched: I64, ts: I64, now_ns: int

@@ -585,3 +585,22 @@ def test_tracker_ignores_non_pollutant_readings_and_converts_gases() -> None:
     assert u.sensors.aqi.tolist() == [102.0]
     assert u.sensors.ispu.tolist() == [100.0]
     assert u.sensors.aqi_sub[0, AQI_POLLUTANTS.index("no2")] == 102.0
+
+
+def test_observe_then_evaluate_equals_one_update_of_the_same_readings() -> None:
+    """The pipeline observes every micro-batch and evaluates on a timer."""
+    reg = registry_of(2, 2)
+    batches = [pm_batch(h, {s: 10.0 + 7 * h + s for s in range(4)}) for h in range(30)]
+    split = IndexTracker(reg, clock=ManualClock())
+    whole = IndexTracker(reg, clock=ManualClock())
+    for group in (batches[:20], batches[20:26], batches[26:]):
+        for b in group:
+            split.observe(b)
+        got = split.evaluate()
+        want = whole.update(ReadingBatch.concat(group))
+        assert [(e.detector, e.sensor_id, e.labels["category"]) for e in got.events] == [
+            (e.detector, e.sensor_id, e.labels["category"]) for e in want.events
+        ]
+        np.testing.assert_array_equal(got.sensors.sid, want.sensors.sid)
+        np.testing.assert_array_equal(got.sensors.ispu, want.sensors.ispu)
+    assert len(split.evaluate().sensors) == 0  # nothing observed since

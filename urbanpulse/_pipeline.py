@@ -25,14 +25,17 @@ from ingest._deadletter import DeadLetterSink
 from ingest._decode import DecodeOptions, NativeJsonDecoder
 from ingest._mqtt import MqttClient
 from ingest._topics import TopicPattern
+from outputs._eventlines import encode_events, encode_index_rows
 from outputs._influx import LineWriter
 from outputs._lineprotocol import TagCache, encode_aggregates, encode_readings
 from outputs._stage import OutputStage, StageOptions
 from processors._dedup import DuplicateFilter
+from processors._indices import IndexTracker
 from processors._windows import MultiWindows, WindowAggregates, WindowSpec
 from urbanpulse._batch import ReadingBatch, SeriesKey, SeriesRegistry
 from urbanpulse._clock import Clock, SystemClock
 from urbanpulse._errors import UrbanPulseError
+from urbanpulse._events import Event, EventBus
 from urbanpulse._schema import Kind, ReadingFlag
 from urbanpulse._spool import Record, Spool, SpoolOptions
 
@@ -67,6 +70,9 @@ class PipelineOptions:
     #: How often window state is checkpointed (bounds the journal replayed after
     #: a crash); the state is also checkpointed on every clean stop.
     checkpoint_interval_s: float = 30.0
+    #: Official indices (ISPU, US AQI) are folded in every batch and evaluated at
+    #: most this often (wall time); 0 evaluates every batch.
+    index_interval_s: float = 60.0
 
 
 @dataclass(slots=True)
@@ -77,6 +83,8 @@ class PipelineStats:
     late_readings: int = 0
     duplicates: int = 0
     replayed_records: int = 0
+    events: dict[str, int] = field(default_factory=dict)
+    index_rows: int = 0
     spool_blocked_s: float = 0.0
     aggregates: dict[int, int] = field(default_factory=dict)
     points_skipped: int = 0
@@ -128,6 +136,9 @@ class Pipeline:
             loader=self._load_bodies if self.spool else None,
         )
         self.mqtt: MqttClient | None = None
+        self.bus = EventBus()
+        self.indices = IndexTracker(self.registry, clock=self.clock)
+        self._last_index_s = time.monotonic()
         self.stats = PipelineStats()
         self._stop = asyncio.Event()
         self._checkpoint_seq = 0
@@ -177,6 +188,7 @@ class Pipeline:
             flags[late] |= np.uint8(ReadingFlag.LATE)
             batch = ReadingBatch(batch.sid, batch.metric, batch.ts_ns, batch.value, flags)
             self.stats.late_readings += int(np.count_nonzero(late))
+        self.indices.observe(batch)
         aggregates = [u.closed for u in updates.values()]
         lines = self._encode(batch, aggregates)
         closed: dict[int, int] = {}
@@ -247,6 +259,7 @@ class Pipeline:
                 self.registry.resolve(key)
             self.dedup.apply(record.batch)
             self.windows.update(record.batch)
+            self.indices.observe(record.batch)
             replayed += 1
         self.stats.replayed_records = replayed
         committed = self.spool.committed_seq
@@ -282,6 +295,9 @@ class Pipeline:
         dedup = {k[len("d.") :]: v for k, v in arrays.items() if k.startswith("d.")}
         if dedup:
             self.dedup = DuplicateFilter.restore(dedup)
+        indices = {k[len("i.") :]: v for k, v in arrays.items() if k.startswith("i.")}
+        if indices:
+            self.indices = IndexTracker.restore(indices, self.registry, clock=self.clock)
         restored = MultiWindows.restore(windows) if windows else None
         wanted = sorted(self.options.windows, key=lambda s: s.window_ms)
         saved = (
@@ -322,6 +338,7 @@ class Pipeline:
         arrays: dict[str, Any] = {"meta": np.frombuffer(meta, dtype=np.uint8)}
         arrays.update({f"w.{k}": v for k, v in self.windows.snapshot().items()})
         arrays.update({f"d.{k}": v for k, v in self.dedup.snapshot().items()})
+        arrays.update({f"i.{k}": v for k, v in self.indices.snapshot().items()})
         tmp = cdir / (_STATE_FILE + ".tmp.npz")
         savez: Any = np.savez  # numpy's stub types **arrays as its keyword flags
         savez(tmp, **arrays)
@@ -358,8 +375,38 @@ class Pipeline:
         elif raw.ack is not None and not raw.ack.done():
             raw.ack.set_result(None)  # nothing durable to wait for (all refused)
         await self.stage.submit_record(result.lines, seq)
+        if time.monotonic() - self._last_index_s >= self.options.index_interval_s:
+            await self.evaluate_indices()
         if time.monotonic() - self._last_checkpoint_s >= self.options.checkpoint_interval_s:
             self.checkpoint()
+
+    def publish_events(self, events: list[Event]) -> list[tuple[bytes, int]]:
+        """Put events on the bus and return their ``events`` line protocol."""
+        if not events:
+            return []
+        self.bus.publish(events)
+        for e in events:
+            self.stats.events[e.detector] = self.stats.events.get(e.detector, 0) + 1
+        enc = encode_events(events)
+        return [(enc.data, enc.points)]
+
+    async def evaluate_indices(self) -> None:
+        """ISPU / US AQI of the sensors and districts observed since the last time."""
+        self._last_index_s = time.monotonic()
+        upd = self.indices.evaluate()
+        lines = self.publish_events(upd.events)
+        for rows in (upd.sensors, upd.districts):
+            if len(rows):
+                enc = encode_index_rows(
+                    rows,
+                    registry=self.registry,
+                    district_keys=self.indices.district_keys,
+                    ispu_pollutants=self.indices.ispu_pollutants,
+                )
+                lines.append((enc.data, enc.points))
+                self.stats.index_rows += len(rows)
+        if lines:
+            await self.stage.submit_record(lines)
 
     async def _sync_and_ack(self, ack: asyncio.Future[None] | None) -> None:
         assert self.spool is not None
@@ -437,6 +484,7 @@ class Pipeline:
                 await mqtt_task
         if len(self.buffer):
             await self._handle(self.buffer.take())
+        await self.evaluate_indices()
         self.buffer.release_held()
         if self.spool is not None:
             self.spool.sync()
@@ -481,6 +529,8 @@ class Pipeline:
             "pending_records": self.stage.pending_records,
             "open_windows": self.windows.open_windows,
             "series": len(self.registry),
+            "events": dict(s.events),
+            "index_rows": s.index_rows,
         }
         if self.spool is not None:
             status = self.spool.status()
