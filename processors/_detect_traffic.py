@@ -121,7 +121,7 @@ class TrafficStateConfig:
     #: EW weight of the smoothed speed (0.1: ~10 readings = 5 min at 30 s).
     smoothing_alpha: float = 0.1
     congested_ratio: float = 0.90
-    clear_ratio: float = 0.95
+    clear_ratio: float = 0.92
     los_bounds: tuple[float, float, float, float, float] = (0.80, 0.67, 0.50, 0.40, 0.30)
     los_margin: float = 0.02
 

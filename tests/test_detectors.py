@@ -11,14 +11,18 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processors._detect_core import END, START, Detections
+from ingest._decode import DecodeOptions, NativeJsonDecoder
+from ingest._topics import TopicPattern
+from processors._detect_core import END, START, BatchPlan, Detections, stream_ranks
 from processors._detect_humid import HumidityConfig, HumidityDetector
 from processors._detect_sensor import (
     DeadSensorConfig,
@@ -40,8 +44,10 @@ from processors._detect_traffic import (
     TrafficStateDetector,
     los_class,
 )
-from processors._detectors import DetectorConfig
+from processors._detectors import DetectorConfig, DetectorSuite
+from sim import SimOptions, Simulator
 from urbanpulse._batch import ReadingBatch, SeriesKey, SeriesRegistry
+from urbanpulse._clock import ManualClock
 from urbanpulse._schema import Kind, Metric, ReadingFlag
 
 S = 1_000_000_000
@@ -816,3 +822,301 @@ def test_loop_health_matches_reference(data: tuple[list[Message], list[int]]) ->
                 bool(act & 2),
             )
     assert got_state == state
+
+
+# --------------------------------------------------------------------------- targeted
+
+
+def at(minute: float, offset_s: int = 0) -> int:
+    return T0 + round(minute * 60) * S + offset_s * S
+
+
+def run_suite(
+    msgs: Sequence[Message],
+    config: DetectorConfig,
+    *,
+    batch_messages: int = 150,
+    check: bool = True,
+) -> tuple[DetectorSuite, list[Any], list[int]]:
+    reg = registry_for()
+    suite = DetectorSuite(config, reg, ManualClock(T0))
+    events: list[Any] = []
+    flags: list[int] = []
+    for a in range(0, len(msgs), batch_messages):
+        part = msgs[a : a + batch_messages]
+        res = suite.update(to_batch(part))
+        events += res.events
+        flags += res.flags.tolist()
+        if check:
+            events += suite.check(max(t for _, t, _ in part))
+    return suite, events, flags
+
+
+def starts_ends(events: Sequence[Any], detector: str, sensor: str, lane: int = 0) -> list[Any]:
+    return [
+        (e.state, e.event_ns, e.metric)
+        for e in events
+        if e.detector == detector and e.sensor_id == sensor and e.lane == lane
+    ]
+
+
+def test_each_fault_is_detected_with_its_recovery() -> None:
+    msgs = synthetic_stream()
+    _, events, _ = run_suite(msgs, FAST)
+    assert starts_ends(events, "range", "aq-00") == [
+        ("start", at(100), "pm25"),
+        ("end", at(114), "pm25"),  # 5 good readings: 110 ... 114
+    ]
+    assert starts_ends(events, "spike", "aq-01") == [
+        ("start", at(80, 1), "pm25"),
+        ("end", at(81, 1), "pm25"),  # confirmed by the next normal reading
+    ]
+    assert starts_ends(events, "flatline", "aq-02") == [
+        ("start", at(134, 2), "pm25"),  # the 15th identical reading
+        ("end", at(160, 2), "pm25"),
+    ]
+    assert starts_ends(events, "dead", "aq-03") == [
+        ("start", at(59, 3) + 300 * S, ""),  # 5 x 60 s after the last reading
+        ("end", at(100, 3), ""),
+    ]
+    assert starts_ends(events, "humid_pm", "aq-04") == [
+        ("start", at(134, 4), "relativeHumidity"),  # 5th message at 95 %
+        ("end", at(160, 4), "relativeHumidity"),
+    ]
+    incident = starts_ends(events, "incident", "tc-01", 1)
+    assert incident[0] == ("start", at(171, 10), "averageVehicleSpeed")  # 3 of 5
+    assert incident[1][0] == "end"
+    assert at(190) <= incident[1][1] <= at(195)
+    congestion = starts_ends(events, "congestion", "tc-01", 1)
+    assert congestion[0][0] == "start"
+    assert at(170) <= congestion[0][1] <= at(175)
+    assert congestion[1][0] == "end"
+    assert at(190) <= congestion[1][1] <= at(215)  # smoothed speed climbs back
+    los = [e for e in events if e.detector == "level_of_service" and e.lane == 1]
+    assert los
+    assert los[0].labels["from"] == "A"
+    assert any(e.labels["to"] == "F" for e in los)
+    assert starts_ends(events, "loop_intermittent", "tc-01", 2) == [
+        ("start", at(141, 10), "occupancy"),
+        ("end", at(145, 10), "occupancy"),
+    ]
+    assert starts_ends(events, "loop_constant_occupancy", "tc-01", 2) == [
+        ("start", at(209.5, 10), "occupancy"),
+        ("end", at(215, 10), "occupancy"),
+    ]
+    # nothing else: no false alarm anywhere in the stream
+    fault_kinds = {"range", "spike", "flatline", "dead", "incident"}
+    sources = {(e.detector, e.sensor_id, e.lane) for e in events if e.detector in fault_kinds}
+    assert sources == {
+        ("range", "aq-00", 0),
+        ("spike", "aq-01", 0),
+        ("flatline", "aq-02", 0),
+        ("dead", "aq-03", 0),
+        ("incident", "tc-01", 1),
+    }
+
+
+def test_events_carry_what_an_operator_needs() -> None:
+    clock = ManualClock(T0 + 999 * S)
+    suite = DetectorSuite(FAST, registry_for(), clock)
+    events = suite.update(to_batch(synthetic_stream(120))).events
+    spike = next(e for e in events if e.detector == "spike" and e.state == "start")
+    assert spike.kind == "air"
+    assert spike.city == "kota"
+    assert spike.district == "d1"
+    assert spike.severity.label == "warning"
+    assert spike.detected_ns == T0 + 999 * S
+    assert spike.score > 6
+    assert spike.message.startswith("aq-01 (d1) pm25 spike: ")
+    assert "sd above its recent mean" in spike.message
+
+
+def test_humid_flags_pm_rows_above_threshold() -> None:
+    msgs = synthetic_stream(200)
+    _, _, flags = run_suite(msgs, FAST)
+    want = []
+    for _, _, vals in msgs:
+        rh = vals.get(Metric.RELATIVE_HUMIDITY, math.nan)
+        for m in sorted(vals):
+            humid = m in (Metric.PM25, Metric.PM10) and rh > 70.0
+            want.append(int(ReadingFlag.HUMID) if humid else 0)
+    assert flags == want
+    assert 0 < sum(f > 0 for f in flags) < len(flags)
+
+
+def test_humid_uses_the_last_rh_within_max_age() -> None:
+    det = HumidityDetector(HumidityConfig(max_rh_age_s=120.0))
+    det.update(to_batch([(0, T0, {Metric.RELATIVE_HUMIDITY: 80.0})]))
+    pm = {Metric.PM25: 30.0}
+    _, fresh = det.update_flags(to_batch([(0, T0 + 120 * S, pm)]))
+    _, stale = det.update_flags(to_batch([(0, T0 + 121 * S, pm)]))
+    assert fresh.tolist() == [ReadingFlag.HUMID]
+    assert stale.tolist() == [0]
+
+
+def test_spike_warmup_is_honoured() -> None:
+    cfg = SpikeConfig(warmup_readings=30)
+
+    def stream(spike_at: int) -> list[Message]:
+        rng = np.random.default_rng(1)
+        out: list[Message] = []
+        for k in range(60):
+            v = 30.0 + float(rng.normal())
+            out.append((0, T0 + k * MIN, {Metric.PM25: v * 10 if k == spike_at else v}))
+        return out
+
+    early = SpikeDetector(cfg).update(to_batch(stream(29)))  # the 30th reading
+    late = SpikeDetector(cfg).update(to_batch(stream(30)))  # the 31st
+    assert len(early) == 0
+    assert late.state.tolist() == [START, END]
+    assert late.ts_ns.tolist() == [T0 + 30 * MIN, T0 + 31 * MIN]
+
+
+def test_spike_baseline_is_winsorised() -> None:
+    det = SpikeDetector(SpikeConfig(warmup_readings=10))
+    base = [(0, T0 + k * MIN, {Metric.PM25: 30.0 + (k % 3)}) for k in range(40)]
+    det.update(to_batch(base))
+    row = det.tables["spike"].row_of(0, Metric.PM25)
+    assert row is not None
+    before = float(det.tables["spike"].cols["mean"][row])
+    sd = math.sqrt(max(float(det.tables["spike"].cols["var"][row]), 2.0**2))
+    det.update(to_batch([(0, T0 + 40 * MIN, {Metric.PM25: 5000.0})]))
+    after = float(det.tables["spike"].cols["mean"][row])
+    # moved by at most alpha * winsor_z sd, not by alpha * 4970
+    assert 0 < after - before <= 0.05 * 3.0 * sd + 1e-4
+
+
+def test_spike_level_shift_is_not_a_spike() -> None:
+    det = SpikeDetector(SpikeConfig(warmup_readings=10, max_spike_readings=2))
+    msgs = [
+        (0, T0 + k * MIN, {Metric.PM25: 30.0 + (k % 3) + (100 if k >= 40 else 0)})
+        for k in range(80)
+    ]
+    assert len(det.update(to_batch(msgs))) == 0
+
+
+def test_flatline_ignores_zero_intensity_but_not_stuck_counts() -> None:
+    det = FlatlineDetector()
+    zeros = [(6, T0 + k * 30 * S, {Metric.INTENSITY: 0.0}) for k in range(100)]
+    assert len(det.update(to_batch(zeros))) == 0
+    stuck = [(7, T0 + k * 30 * S, {Metric.INTENSITY: 7.0}) for k in range(100)]
+    found = det.update(to_batch(stuck))
+    assert found.state.tolist() == [START]
+    assert found.ts_ns.tolist() == [T0 + 19 * 30 * S]  # the 20th identical reading
+
+
+def test_flatline_by_duration_before_count() -> None:
+    # hourly readings: 2 identical readings 30 min apart already qualify by time
+    det = FlatlineDetector()
+    msgs = [(0, T0 + k * 3600 * S, {Metric.PM25: 12.0}) for k in range(3)]
+    found = det.update(to_batch(msgs))
+    assert found.ts_ns.tolist() == [T0 + 3600 * S]
+    assert found.ref.tolist() == [3600.0]
+
+
+def test_dead_events_do_not_depend_on_check_timing() -> None:
+    msgs = synthetic_stream(160)
+    _, with_checks, _ = run_suite(msgs, FAST, batch_messages=40, check=True)
+    _, without, _ = run_suite(msgs, FAST, batch_messages=500, check=False)
+
+    def dead(events: Sequence[Any]) -> list[tuple[str, str, int]]:
+        return [(e.sensor_id, e.state, e.event_ns) for e in events if e.detector == "dead"]
+
+    assert dead(with_checks) == dead(without)
+    assert dead(without) == [("aq-03", "start", at(64, 3)), ("aq-03", "end", at(100, 3))]
+
+
+def test_dead_check_is_driven_by_the_watermark_only() -> None:
+    det = DeadSensorDetector()
+    det.update(to_batch([(0, T0 + k * MIN, {Metric.PM25: 1.0}) for k in range(5)]))
+    last = T0 + 4 * MIN
+    assert len(det.check(last + 300 * S)) == 0  # exactly at the limit: not yet
+    found = det.check(last + 300 * S + 1)
+    assert found.ts_ns.tolist() == [last + 300 * S]
+    assert len(det.check(last + 3600 * S)) == 0  # already dead: no repeat
+    back = det.update(to_batch([(0, last + 3600 * S, {Metric.PM25: 1.0})]))
+    assert back.state.tolist() == [END]
+
+
+def test_traffic_free_flow_is_the_offpeak_85th_percentile() -> None:
+    cfg = TrafficStateConfig(min_offpeak_samples=50)
+    det = TrafficStateDetector(cfg)
+    speeds = np.linspace(40.0, 60.0, 200)
+    # 04:00 WIB onwards: off-peak until 05:00 (120 readings), then peak hours
+    msgs = [
+        (6, T0 + k * 30 * S, {Metric.AVERAGE_VEHICLE_SPEED: float(speeds[k])}) for k in range(200)
+    ]
+    det.update(to_batch(msgs))
+    offpeak = speeds[:120]
+    assert det.free_flow(6) == pytest.approx(float(np.quantile(offpeak, 0.85)), abs=2.0)
+    assert math.isnan(det.free_flow(7))
+
+
+def test_los_class_boundaries() -> None:
+    ratios = np.array([0.81, 0.80, 0.68, 0.67, 0.51, 0.5, 0.41, 0.4, 0.31, 0.3, 0.0])
+    bounds = TrafficStateConfig().los_bounds
+    assert los_class(ratios, bounds).tolist() == [0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+
+
+def test_stream_ranks_counts_earlier_rows_with_the_same_key() -> None:
+    key = np.array([5, 3, 5, 5, 3, 9, 5], np.int64)
+    rank, n = stream_ranks(key)
+    assert rank.tolist() == [0, 0, 1, 2, 1, 0, 3]
+    assert n == 4
+    many = np.repeat(np.array([1, 2], np.int64), 40)  # beyond the scan passes
+    rank, n = stream_ranks(many)
+    assert rank.tolist() == list(range(40)) * 2
+    assert n == 40
+
+
+def test_batch_plan_splits_messages() -> None:
+    msgs: list[Message] = [
+        (0, T0, {Metric.PM25: 1.0, Metric.PM10: 2.0}),
+        (0, T0, {Metric.PM25: 1.0}),  # same sensor and time, metric restarts
+        (1, T0, {Metric.PM25: 1.0}),
+        (1, T0 + S, {Metric.PM10: 1.0}),
+    ]
+    plan = BatchPlan.of(to_batch(msgs))
+    assert plan.msg_first.tolist() == [0, 2, 3, 4]
+    assert plan.msg_rank.tolist() == [0, 1, 0, 1]
+
+
+# --------------------------------------------------------------------------- clean simulated day
+
+
+def test_clean_simulated_day_raises_no_alarm() -> None:
+    start = 1_763_917_200 * S  # 2025-11-23 17:00 UTC = 00:00 WIB
+    clock = ManualClock(start)
+    sim = Simulator(
+        SimOptions(seed=11, n_air=12, n_traffic=6, start_ns=start, duration_s=86_400.0), clock
+    )
+    reg = SeriesRegistry()
+    decoder = NativeJsonDecoder(
+        DecodeOptions(max_past_s=2 * 86_400),
+        pattern=TopicPattern.compile("urbanpulse/{city}/{district}/{kind}/{sensor_id}"),
+        registry=reg,
+        clock=clock,
+    )
+    suite = DetectorSuite(None, reg, clock)
+    events: list[Any] = []
+    rows = 0
+    now = start
+    while not sim.done:
+        now += 3600 * S
+        msgs = sim.next_batch(now)
+        clock.advance(3600)
+        decoded = decoder.decode([m[0] for m in msgs], [m[1] for m in msgs], [now] * len(msgs))
+        assert not decoded.dead
+        rows += len(decoded.batch)
+        events += suite.update(decoded.batch).events
+        events += suite.check(now)
+    assert rows > 100_000
+    kinds = Counter(e.detector for e in events)
+    alarms = {
+        k: v for k, v in kinds.items() if k not in ("humid_pm", "congestion", "level_of_service")
+    }
+    assert alarms == {}
+    # conditions are reported as episodes, not per reading
+    n_lanes = sum(1 for k in reg.all_keys() if k.kind is Kind.TRAFFIC)
+    assert kinds["level_of_service"] <= 10 * n_lanes
+    assert kinds["humid_pm"] <= 4 * 12  # saturated nights and rain (see docs)
