@@ -151,7 +151,12 @@ class Pipeline:
 
     @property
     def subscription(self) -> tuple[tuple[str, int], ...]:
-        return ((self.pattern.subscription, self.options.subscribe_qos),)
+        """The native topic pattern's filter plus every codec rule's filter."""
+        filters = [self.pattern.subscription]
+        for rule in self.options.decode.codecs:
+            if rule.topic_filter not in filters:
+                filters.append(rule.topic_filter)
+        return tuple((f, self.options.subscribe_qos) for f in filters)
 
     def attach_mqtt(self, client: MqttClient) -> None:
         """Feed this pipeline from ``client`` and send dead-letter copies through it."""
