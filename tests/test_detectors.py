@@ -116,7 +116,7 @@ def synthetic_stream(minutes: int = 240, seed: int = 7) -> list[Message]:
     each kind (times in minutes from T0):
 
     sid 0 PM2.5 pinned at 999.9 (100-110); sid 1 PM2.5 x5 (one reading at 80);
-    sid 2 PM2.5 stuck (120-160); sid 3 silent (60-100); sid 4 RH 95 % (130-160);
+    sid 2 PM2.5 stuck (120-160); sid 3 silent (60-100); sid 4 RH 94-96 % (130-160);
     lane 6 speed x0.25 (170-190); lane 7 intensity 0 with occupancy 0.2
     (140-145), occupancy stuck at 0.3 (200-215).
     """
@@ -143,7 +143,7 @@ def synthetic_stream(minutes: int = 240, seed: int = 7) -> list[Message]:
                 if s == 2 and 120 <= minute < 160:
                     vals[Metric.PM25] = 33.3
                 if s == 4 and 130 <= minute < 160:
-                    vals[Metric.RELATIVE_HUMIDITY] = 95.0
+                    vals[Metric.RELATIVE_HUMIDITY] = 94.0 + (k % 5) / 2
                 msgs.append((s, t + s * S, vals))
         for lane in (LANE_A, LANE_B):
             inten = float(rng.poisson(8))
