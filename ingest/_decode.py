@@ -75,7 +75,8 @@ NATIVE_REASONS: Final = (
 )
 
 #: Every reason a message can be dead-lettered for (the counter labels).
-REASONS: Final = (*NATIVE_REASONS, *CODEC_REASONS)
+GUARD_REASONS: Final = ("cardinality_limit", "cardinality_rate")
+REASONS: Final = (*NATIVE_REASONS, *CODEC_REASONS, *GUARD_REASONS)
 
 _NS_PER_UNIT: Final[dict[str, int]] = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
@@ -114,6 +115,12 @@ class DecodeOptions:
     limits: dict[str, tuple[float, float]] = field(default_factory=dict)
     #: Codec per MQTT topic filter; the first matching rule wins, no match: native.
     codecs: tuple[CodecRule, ...] = ()
+    #: Cardinality guard: at most this many series in total (None: no cap) ...
+    max_series: int | None = 100_000
+    #: ... and at most this many new series per minute (None: no cap), so a
+    #: misconfigured or malicious publisher cannot blow up the database. Messages
+    #: of refused new series are dead-lettered (cardinality_limit / _rate).
+    max_new_series_per_min: int | None = 5_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +245,12 @@ class NativeJsonDecoder:
         self._ns_per_unit = _NS_PER_UNIT[options.timestamp_unit]
         self._topics: dict[str, _Route] = {}
         self._sids: dict[tuple[str, str, int], int] = {}
+        #: New-series budget of the current minute (monotonic clock).
+        self._minute_start_s = clock.monotonic_s()
+        self._new_this_minute = 0
+        #: Messages refused by the cardinality guard, by reason (monotonic counters).
+        self.cardinality_refused: dict[str, int] = dict.fromkeys(GUARD_REASONS, 0)
+        self._refusal = ("", "")
 
     # -- topics and series ---------------------------------------------------------
     def _route(self, topic: str) -> _Route:
@@ -263,13 +276,36 @@ class NativeJsonDecoder:
         return route
 
     def _sid(self, topic: str, info: TopicInfo, lane: int) -> int:
+        """The series id, or -1 when the cardinality guard refuses a new series."""
         cache_key = (topic, info.sensor_id, lane)
         sid = self._sids.get(cache_key)
         if sid is None:
             key = SeriesKey(info.city, info.district, info.kind, info.sensor_id, lane)
-            sid = self._registry.resolve(key)
+            sid = self._registry.get(key)
+            if sid is None:
+                if not self._admit_new_series():
+                    return -1
+                sid = self._registry.resolve(key)
             self._sids[cache_key] = sid
         return sid
+
+    def _admit_new_series(self) -> bool:
+        opts = self._opts
+        if opts.max_series is not None and len(self._registry) >= opts.max_series:
+            self._refusal = ("cardinality_limit", f"{opts.max_series} series already")
+            return False
+        if opts.max_new_series_per_min is not None:
+            now_s = self._clock.monotonic_s()
+            if now_s - self._minute_start_s >= 60.0:
+                self._minute_start_s, self._new_this_minute = now_s, 0
+            if self._new_this_minute >= opts.max_new_series_per_min:
+                self._refusal = (
+                    "cardinality_rate",
+                    f"more than {opts.max_new_series_per_min} new series this minute",
+                )
+                return False
+            self._new_this_minute += 1
+        return True
 
     # -- the batch ---------------------------------------------------------------------
     def decode(
@@ -446,9 +482,21 @@ class NativeJsonDecoder:
         sids = np.zeros(n, dtype=np.int32)
         traffic = codec.kind is Kind.TRAFFIC
         topics = inbox.topics
+        refused: dict[int, tuple[str, str]] = {}  # message group -> reason
+        group_of_row = np.repeat(np.arange(starts.shape[0]), counts)
         for pos in np.flatnonzero(~rejected).tolist():
             lane = int(dicts[pos].get("laneId", 0)) if traffic else 0
-            sids[pos] = self._sid(topics[idx[pos]], group.infos[pos], lane)
+            sid = self._sid(topics[idx[pos]], group.infos[pos], lane)
+            if sid < 0:
+                refused.setdefault(int(group_of_row[pos]), self._refusal)
+            sids[pos] = max(sid, 0)
+        if refused:
+            for g, (reason, detail) in refused.items():
+                msg_rejected[g] = True
+                self.cardinality_refused[reason] += 1
+                inbox.reject(idx[int(starts[g])], reason, detail)
+            rejected = np.repeat(msg_rejected, counts)
+            present &= ~rejected[:, None]
         r, c = np.nonzero(present)  # row-major: one message's readings stay together
         batch = ReadingBatch(
             sid=sids[r],

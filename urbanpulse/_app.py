@@ -89,6 +89,8 @@ def pipeline_options(s: Settings, *, state_dir: Path | None = None) -> PipelineO
             max_future_s=s.ingest.max_future_s,
             max_past_s=s.ingest.max_past_s,
             limits=dict(s.ingest.limits),
+            max_series=s.ingest.max_series or None,
+            max_new_series_per_min=s.ingest.max_new_series_per_min or None,
             codecs=tuple(CodecRule(**r.model_dump()) for r in s.ingest.codecs),
         ),
         windows=tuple(

@@ -112,6 +112,10 @@ class IngestSettings(_Section):
     max_future_s: float = Field(300.0, ge=0)
     max_past_s: float | None = Field(30 * 86400.0, ge=0)
     limits: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    #: Cardinality guard: caps on total series and on new series per minute
+    #: (0 disables a cap); refused messages are dead-lettered and an event raised.
+    max_series: int = Field(100_000, ge=0)
+    max_new_series_per_min: int = Field(5_000, ge=0)
 
     class CodecRuleSettings(_Section):
         """``[[ingest.codecs]]``: topics matching ``topic_filter`` use ``codec``."""

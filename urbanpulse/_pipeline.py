@@ -35,7 +35,7 @@ from processors._windows import MultiWindows, WindowAggregates, WindowSpec
 from urbanpulse._batch import ReadingBatch, SeriesKey, SeriesRegistry
 from urbanpulse._clock import Clock, SystemClock
 from urbanpulse._errors import UrbanPulseError
-from urbanpulse._events import Event, EventBus
+from urbanpulse._events import Event, EventBus, Severity
 from urbanpulse._schema import Kind, ReadingFlag
 from urbanpulse._spool import Record, Spool, SpoolOptions
 
@@ -139,6 +139,9 @@ class Pipeline:
         self.bus = EventBus()
         self.indices = IndexTracker(self.registry, clock=self.clock)
         self._last_index_s = time.monotonic()
+        self._pending_events: list[Event] = []
+        self._cardinality_seen = 0
+        self._cardinality_event_s: float | None = None
         self.stats = PipelineStats()
         self._stop = asyncio.Event()
         self._checkpoint_seq = 0
@@ -184,6 +187,7 @@ class Pipeline:
         n_series = len(self.registry)
         result = self.decoder.decode(raw.topics, raw.payloads, raw.recv_ns)
         self.deadletters.handle(result.dead)
+        self._cardinality_events()
         batch, n_dup = self.dedup.apply(result.batch)
         self.stats.duplicates += n_dup
         updates = self.windows.update(batch)
@@ -209,6 +213,41 @@ class Pipeline:
         self.stats.process_seconds += time.perf_counter() - started
         new_keys = [self.registry.key(i) for i in range(n_series, len(self.registry))]
         return ProcessResult(batch, lines, closed, aggregates, new_keys)
+
+    def _cardinality_events(self) -> None:
+        """An event (at most once a minute) while the cardinality guard refuses series."""
+        refused = sum(self.decoder.cardinality_refused.values())
+        if refused == self._cardinality_seen:
+            return
+        now_s = self.clock.monotonic_s()
+        last = self._cardinality_event_s
+        if last is not None and now_s - last < 60.0:
+            return
+        new = refused - self._cardinality_seen
+        self._cardinality_seen = refused
+        self._cardinality_event_s = now_s
+        now_ns = self.clock.now_ns()
+        opts = self.options.decode
+        self._pending_events.append(
+            Event(
+                detector="cardinality",
+                state="start",
+                severity=Severity.WARNING,
+                kind="",
+                city="",
+                district="",
+                sensor_id="",
+                value=float(new),
+                event_ns=now_ns,
+                detected_ns=now_ns,
+                message=(
+                    f"cardinality guard refused {new} message(s) of new series "
+                    f"(caps: {opts.max_series} series, {opts.max_new_series_per_min} new/min; "
+                    f"{len(self.registry)} series known)"
+                ),
+                labels={k: str(v) for k, v in self.decoder.cardinality_refused.items()},
+            )
+        )
 
     def _encode(
         self, batch: ReadingBatch, aggregates: list[WindowAggregates]
@@ -380,6 +419,9 @@ class Pipeline:
         elif raw.ack is not None and not raw.ack.done():
             raw.ack.set_result(None)  # nothing durable to wait for (all refused)
         await self.stage.submit_record(result.lines, seq)
+        if self._pending_events:
+            events, self._pending_events = self._pending_events, []
+            await self.stage.submit_record(self.publish_events(events))
         if time.monotonic() - self._last_index_s >= self.options.index_interval_s:
             await self.evaluate_indices()
         if time.monotonic() - self._last_checkpoint_s >= self.options.checkpoint_interval_s:
@@ -535,6 +577,7 @@ class Pipeline:
             "open_windows": self.windows.open_windows,
             "series": len(self.registry),
             "events": dict(s.events),
+            "cardinality_refused": dict(self.decoder.cardinality_refused),
             "index_rows": s.index_rows,
         }
         if self.spool is not None:
