@@ -560,7 +560,7 @@ def _sorted_rows(p: WindowPartials) -> WindowPartials:
 class WindowState:
     """Runtime state of one window width: open windows and watermarks.
 
-    Open windows live in a ring of ``ring = grace // window + 2`` slots per stream:
+    Open windows live in a ring of ``ring = ceil(grace / window) + 1`` slots per stream:
     window ``win`` of stream ``sm`` sits in slot ``sm * ring + win % ring`` (columns
     of a ``WindowPartials``; empty slots have ``count == 0``). After each update
     every open window of a sid lies in ``[(max_ts - grace) // window, max_ts //
@@ -577,7 +577,7 @@ class WindowState:
 
     def __init__(self, spec: WindowSpec) -> None:
         self.spec = spec
-        self.ring = spec.grace_ns // spec.window_ns + 2
+        self.ring = -(-spec.grace_ns // spec.window_ns) + 1  # ceil(grace / window) + 1
         self.slots = _empty_slots(0, self.ring)
         self.pending = WindowPartials.empty()
         self.sid_max_ts_ns = np.empty(0, np.int64)
