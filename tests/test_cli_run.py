@@ -238,3 +238,22 @@ def test_spool_status_and_replay_after_a_stop_with_the_database_down(
         assert sum(len(r["values"]) for r in rows) >= 800
     after = cli("status")
     assert after["pending_records"] == 0
+
+
+def test_sim_with_a_bundled_city_a_scenario_and_ground_truth(
+    mosquitto: MosquittoServer, tmp_path: Path
+) -> None:
+    scenario = Path(__file__).resolve().parent.parent / "sim/scenarios/sindangraja-demo.toml"
+    labels = tmp_path / "labels.jsonl"
+    proc = subprocess.run(
+        [sys.executable, "-m", "urbanpulse.cli", "sim", "--city", "sindangraja",
+         "--scenario", str(scenario), "--ground-truth", str(labels), "--count", "500",
+         "--speed", "600", "--quiet"],
+        env=_env(MQTT__PORT=str(mosquitto.port)), capture_output=True, text=True,
+        timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["sent"] == 500
+    rows = [json.loads(line) for line in labels.read_text().splitlines()]
+    assert {r["fault"] for r in rows} >= {"haze", "spike", "stuck", "dropout", "fog"}
+    assert all(r["end_ns"] > r["start_ns"] for r in rows)

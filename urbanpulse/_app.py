@@ -203,6 +203,8 @@ def sim_options(
         duration_s=duration_s,
         start_ns=start_ns,
         ts_format=s.sim.ts_format,
+        city_file=str(s.sim.city_file) if s.sim.city_file else None,
+        scenario_file=str(s.sim.scenario_file) if s.sim.scenario_file else None,
     )
 
 

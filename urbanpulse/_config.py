@@ -231,6 +231,12 @@ class SimSettings(_Section):
     speed: float = Field(1.0, gt=0)
     qos: int = Field(0, ge=0, le=1)
     ts_format: Literal["epoch_s", "iso"] = "epoch_s"
+    #: A city model file (TOML/JSON); ``city`` may also name a bundled one
+    #: (sindangraja: 50 sensors, tirtamaya: 1,000, nusapura: 10,000).
+    city_file: Path | None = None
+    #: A scenario file: faults (haze, spikes, stuck sensors, dropouts, fog,
+    #: incidents...) injected with ground-truth labels.
+    scenario_file: Path | None = None
 
 
 class SpoolSettings(_Section):

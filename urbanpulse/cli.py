@@ -58,6 +58,15 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--duration", type=float, help="stop after this many seconds")
     sim.add_argument("--qos", type=int, choices=(0, 1))
     sim.add_argument("--ts-format", choices=("epoch_s", "iso"))
+    sim.add_argument("--city", help="built-in or bundled city (bandung, sindangraja, ...)")
+    sim.add_argument("--city-file", type=Path, help="a city model file (TOML/JSON)")
+    sim.add_argument("--scenario", type=Path, help="a scenario file of faults to inject")
+    sim.add_argument(
+        "--ground-truth", type=Path, help="write the injected faults' labels here (JSON lines)"
+    )
+    sim.add_argument(
+        "--replay", type=Path, help="replay a recording (.csv or line protocol) instead"
+    )
     sim.add_argument("--quiet", action="store_true", help="no progress line")
 
     spool = sub.add_parser("spool", help="the disk spool: show it, or write it to the database")
@@ -117,7 +126,9 @@ def _progress_printer(quiet: bool) -> Any:
 
 async def _sim(settings: Settings, args: argparse.Namespace) -> int:
     from ingest._mqtt import MqttClient
-    from sim._runner import run_simulation
+    from sim._groundtruth import write_labels
+    from sim._replay import read_csv, read_line_protocol, run_replay
+    from sim._runner import Simulator, run_simulation
     from urbanpulse._app import MqttPublisher, mqtt_options, sim_options
     from urbanpulse._clock import SystemClock
 
@@ -126,14 +137,35 @@ async def _sim(settings: Settings, args: argparse.Namespace) -> int:
     task = asyncio.create_task(client.run())
     stop = asyncio.Event()
     _install_signals(stop.set)
+    clock = SystemClock()
+    progress = _progress_printer(args.quiet)
+    simulator: Simulator | None = None
     try:
         await client.wait_connected(settings.mqtt.reconnect_max_s + 10)
-        stats = await run_simulation(
-            opts, MqttPublisher(client), SystemClock(), _progress_printer(args.quiet), stop=stop
-        )
+        if args.replay is not None:
+            path: Path = args.replay
+            recording = read_csv(path) if path.suffix == ".csv" else read_line_protocol(path)
+            stats = await run_replay(
+                recording,
+                MqttPublisher(client),
+                clock,
+                progress,
+                speed=settings.sim.speed,
+                qos=settings.sim.qos,
+                prefix=opts.prefix,
+                stop=stop,
+            )
+        else:
+            simulator = Simulator(opts, clock)
+            stats = await run_simulation(
+                opts, MqttPublisher(client), clock, progress, stop=stop, simulator=simulator
+            )
     finally:
         await client.stop()
         await task
+    if args.ground_truth is not None and simulator is not None:
+        n = write_labels(args.ground_truth, simulator.labels)
+        print(f"{n} ground-truth labels written to {args.ground_truth}", file=sys.stderr)
     if not args.quiet:
         sys.stderr.write("\n")
     print(
@@ -161,6 +193,9 @@ def _sim_overrides(settings: Settings, args: argparse.Namespace) -> Settings:
                 "speed": args.speed,
                 "qos": args.qos,
                 "ts_format": args.ts_format,
+                "city": args.city,
+                "city_file": args.city_file,
+                "scenario_file": args.scenario,
             }.items()
             if v is not None
         }
