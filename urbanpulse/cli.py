@@ -398,6 +398,9 @@ def _config_check(path: Path) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from urbanpulse._malloc import tune_malloc
+
+    tune_malloc()
     try:
         if args.command == "config":
             return _config_check(args.file)
