@@ -129,6 +129,7 @@ def measure(
                 "URBANPULSE_OUTPUT__KIND": output,
                 "URBANPULSE_OUTPUT__FILES__DIRECTORY": str(tmp / "lineprotocol"),
                 "URBANPULSE_STATE_DIR": str(tmp / "state"),
+                "URBANPULSE_SPOOL__DIRECTORY": str(tmp / "spool"),
                 "URBANPULSE_LOG__FORMAT": "json",
                 "URBANPULSE_LOG__STATS_INTERVAL_S": "2",
                 "URBANPULSE_SIM__N_AIR": str(n_air),
@@ -141,6 +142,7 @@ def measure(
                 run = subprocess.Popen(
                     [sys.executable, "-m", "urbanpulse.cli", "run"],
                     env=env,
+                    cwd=tmp,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                 )
@@ -164,6 +166,7 @@ def measure(
                         str(qos),
                     ],
                     env=env,
+                    cwd=tmp,
                     stdout=subprocess.PIPE,
                     text=True,
                 )

@@ -645,6 +645,7 @@ def test_the_compose_config_validates_with_the_services_environment(
     mounts = services["urbanpulse"]["volumes"]
     assert "./urbanpulse.toml:/etc/urbanpulse/urbanpulse.toml:ro" in mounts
     assert str(run.state_dir).startswith("/var/lib/urbanpulse/")
+    assert str(run.spool.directory).startswith("/var/lib/urbanpulse/")
     assert any(m.endswith(":/var/lib/urbanpulse") for m in mounts)
 
 
@@ -687,6 +688,7 @@ def test_the_image_default_config_validates(
     s = _load_with_env(IMAGE_TOML.read_text(), {}, tmp_path, monkeypatch)
     assert str(s.state_dir).startswith("/var/lib/urbanpulse/")
     assert str(s.output.files.directory).startswith("/var/lib/urbanpulse/")
+    assert str(s.spool.directory).startswith("/var/lib/urbanpulse/")
 
 
 def _third_party_imports() -> set[str]:
@@ -878,6 +880,7 @@ def test_the_k8s_config_validates_and_matches_the_mounts(
     assert raw["mqtt"]["password_file"] == f"{secret_dir}/mqtt_password"
     assert raw["output"]["influx2"]["token_file"] == f"{secret_dir}/influx_token"
     assert raw["state_dir"].startswith(mounts["state"] + "/")
+    assert raw["spool"]["directory"].startswith(mounts["state"] + "/")
     claim = volumes["state"]["persistentVolumeClaim"]["claimName"]
     _one(docs, "PersistentVolumeClaim", claim)
     grace = dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
