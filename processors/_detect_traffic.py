@@ -8,7 +8,9 @@
     the whole lane's histogram is halved first, so it holds the last ~1-2
     nights of off-peak readings and follows slow changes. The quantile is
     interpolated linearly inside its bin (error < 1 bin). Free flow is known
-    once ``min_offpeak_samples`` off-peak readings were seen.
+    once ``min_offpeak_samples`` off-peak readings were seen, and recomputed
+    from the histogram then and every ``refresh_samples`` off-peak readings
+    (one quantile costs a pass over the bins; it moves little per reading).
     Speeds are smoothed per lane (EW, ``smoothing_alpha``); with ``ratio =
     smoothed speed / free flow``:
 
@@ -118,6 +120,8 @@ class TrafficStateConfig:
     n_bins: int = 100
     #: Off-peak readings before free flow is known (1 h of 30 s readings).
     min_offpeak_samples: int = 120
+    #: Off-peak readings between two free-flow recomputations (1..255).
+    refresh_samples: int = 10
     #: EW weight of the smoothed speed (0.1: ~10 readings = 5 min at 30 s).
     smoothing_alpha: float = 0.1
     congested_ratio: float = 0.90
@@ -132,6 +136,8 @@ class TrafficStateConfig:
             raise ValueError("bin_kmh must be > 0 and n_bins in 2..4096")
         if not 1 <= self.min_offpeak_samples <= 65_535:
             raise ValueError("min_offpeak_samples must be in 1..65535")
+        if not 1 <= self.refresh_samples <= 255:
+            raise ValueError("refresh_samples must be in 1..255")
         if not 0 < self.smoothing_alpha <= 1:
             raise ValueError("smoothing_alpha must be in (0, 1]")
         if self.clear_ratio < self.congested_ratio:
@@ -150,6 +156,7 @@ class TrafficStateDetector(DetectorBase):
             {
                 "hist": Column(np.uint8, 0, (cfg.n_bins,)),
                 "total": Column(np.uint16, 0),
+                "tick": Column(np.uint8, 0),
                 "free_flow": Column(np.float32, np.nan),
                 "smooth": Column(np.float32, np.nan),
                 "congested": Column(np.uint8, 0),
@@ -192,6 +199,7 @@ class TrafficStateDetector(DetectorBase):
         off_all = _offpeak(ts, cfg.offpeak_hours, cfg.utc_offset_s)
         bins_all = np.clip((val / cfg.bin_kmh).astype(np.int64), 0, cfg.n_bins - 1)
         hist, total, ffc = t.cols["hist"], t.cols["total"], t.cols["free_flow"]
+        tick = t.cols["tick"]
         c_s, c_cong, c_los = t.cols["smooth"], t.cols["congested"], t.cols["los"]
         bounds = cfg.los_bounds
         out = Collector()
@@ -206,7 +214,10 @@ class TrafficStateDetector(DetectorBase):
                 hist[ro, b] += 1
                 tot = np.minimum(total[ro], 65_534) + 1
                 total[ro] = tot
-                known = ro[tot >= cfg.min_offpeak_samples]
+                tk = (tick[ro].astype(np.int64) + 1) % cfg.refresh_samples
+                tick[ro] = tk
+                due = (tot >= cfg.min_offpeak_samples) & ((tk == 0) | np.isnan(ffc[ro]))
+                known = ro[due]
                 if known.shape[0]:
                     ffc[known] = self._free_flow_of(hist[known])
             v = val[p]

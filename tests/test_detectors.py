@@ -444,7 +444,9 @@ def ref_traffic_state(
                 st_["hist"] = hist = [c >> 1 for c in hist]
             hist[b] += 1
             st_["total"] = min(st_["total"], 65_534) + 1
-            if st_["total"] >= cfg.min_offpeak_samples:
+            st_["tick"] = (st_.get("tick", 0) + 1) % cfg.refresh_samples
+            due = st_["tick"] == 0 or math.isnan(st_["ff"])
+            if st_["total"] >= cfg.min_offpeak_samples and due:
                 total = sum(hist)
                 target = cfg.quantile * total
                 cum = 0
@@ -654,7 +656,9 @@ FLAT_CFG = FlatlineConfig(
 )
 DEAD_CFG = DeadSensorConfig(warmup_messages=2, min_silence_s=100.0, factor=3.0)
 HUMID_CFG = HumidityConfig(event_readings=2, max_rh_age_s=120.0)
-TRAFFIC_CFG = TrafficStateConfig(min_offpeak_samples=2, n_bins=8, bin_kmh=10.0, los_margin=0.0)
+TRAFFIC_CFG = TrafficStateConfig(
+    min_offpeak_samples=2, n_bins=8, bin_kmh=10.0, los_margin=0.0, refresh_samples=3
+)
 DROP_CFG = SpeedDropConfig(warmup_readings=2, k=2, m=3)
 LOOP_CFG = LoopHealthConfig(intermittent_readings=2, constant_occupancy_readings=3)
 
