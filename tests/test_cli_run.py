@@ -73,6 +73,7 @@ def test_run_then_sigterm_flushes_everything(
         LOG__FORMAT="json",
         LOG__STATS_INTERVAL_S="0.3",
         STATE_DIR=str(tmp_path / "state"),
+        SPOOL__DIRECTORY=str(tmp_path / "spool"),
         SIM__CITY="bandung",
     )
     run = subprocess.Popen(
@@ -115,7 +116,7 @@ def test_run_then_sigterm_flushes_everything(
         assert json.loads(sim.stdout)["sent"] == N
         deadline = time.monotonic() + 20
         while (logs.last_stats() or {}).get("messages_ok", 0) < N:
-            assert time.monotonic() < deadline, logs.last_stats()
+            assert time.monotonic() < deadline, json.dumps(logs.last_stats())
             time.sleep(0.1)
         stats = logs.last_stats()
         assert stats is not None
@@ -209,7 +210,7 @@ def test_spool_status_and_replay_after_a_stop_with_the_database_down(
         assert sim.returncode == 0, sim.stderr
         deadline = time.monotonic() + 20
         while (logs.last_stats() or {}).get("messages_ok", 0) < 800:
-            assert time.monotonic() < deadline, logs.last_stats()
+            assert time.monotonic() < deadline, json.dumps(logs.last_stats())
             time.sleep(0.1)
         run.send_signal(signal.SIGTERM)
         assert run.wait(30) == 0  # bounded stop even though nothing could be written

@@ -707,12 +707,6 @@ def _third_party_imports() -> set[str]:
     return {name for name in found - local if name not in sys.stdlib_module_names}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not in pyproject [project].dependencies: orjson (ingest/_decode.py, "
-    "ingest/_deadletter.py; the image build's import check fails without it) and urllib3 "
-    "(outputs/_influx.py; installed only as a dependency of influxdb-client)",
-)
 def test_every_runtime_import_is_a_declared_dependency() -> None:
     import importlib.metadata
 
@@ -730,11 +724,6 @@ def test_every_runtime_import_is_a_declared_dependency() -> None:
     assert missing == set()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sim/cities/*.toml|json are not in [tool.setuptools.package-data], so a wheel "
-    "(and the container image) has no bundled cities",
-)
 def test_the_simulators_city_files_are_package_data() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     patterns = [
