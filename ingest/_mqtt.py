@@ -16,18 +16,24 @@ import contextlib
 import logging
 import random
 import ssl
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import gmqtt
+import numpy as np
+from gmqtt.mqtt.connection import MQTTConnection
 from gmqtt.mqtt.constants import MQTTv50, MQTTv311
-from gmqtt.mqtt.handler import MQTTConnectError
+from gmqtt.mqtt.handler import MQTTConnectError, MqttPackageHandler
+from gmqtt.mqtt.package import Package
+from gmqtt.mqtt.protocol import MQTTProtocol
 
 from urbanpulse._errors import BrokerError
 
 __all__ = [
+    "GMQTT_VERSIONS",
     "BackoffOptions",
     "MessageHandler",
     "MqttClient",
@@ -35,9 +41,73 @@ __all__ = [
     "MqttStats",
     "TlsOptions",
     "backoff_delays",
+    "gmqtt_api_problems",
 ]
 
 log = logging.getLogger("urbanpulse.mqtt")
+
+#: gmqtt versions whose private receive path the fast path (``_FastReceiver``) was
+#: written and tested against. Another version fails the import: review this module
+#: and docs/_mqtt_fastpath.md, then add it here.
+GMQTT_VERSIONS = frozenset({"0.8.0"})
+
+#: The private gmqtt API the fast path relies on (class, attribute).
+_GMQTT_API: tuple[tuple[type, str], ...] = (
+    (MqttPackageHandler, "set_connection"),
+    (MqttPackageHandler, "current_connection"),
+    (MqttPackageHandler, "_parse_properties"),
+    (MqttPackageHandler, "clear_topics_aliases"),
+    (MQTTProtocol, "_read_packet"),
+    (MQTTProtocol, "_read_loop"),
+    (MQTTConnection, "put_package"),
+    (MQTTConnection, "send_package"),
+    (MQTTConnection, "is_closing"),
+)
+#: Instance attributes, checked on the first client and connection.
+_CLIENT_ATTRS = ("_package_handler",)
+_PACKAGE_HANDLER_ATTRS = ("_server_topics_aliases", "_connection_state")
+_CONNECTION_ATTRS = ("_protocol", "_last_data_in")
+
+
+def gmqtt_api_problems(version: str, api: tuple[tuple[type, str], ...] = _GMQTT_API) -> list[str]:
+    """What is wrong with the installed gmqtt for the fast path (empty: nothing)."""
+    problems = []
+    if version not in GMQTT_VERSIONS:
+        problems.append(
+            f"gmqtt {version} is installed, the fast path supports {sorted(GMQTT_VERSIONS)}"
+        )
+    problems.extend(
+        f"{cls.__module__}.{cls.__qualname__}.{name} is missing"
+        for cls, name in api
+        if not hasattr(cls, name)
+    )
+    return problems
+
+
+def _check_gmqtt() -> None:
+    problems = gmqtt_api_problems(str(getattr(gmqtt, "__version__", "unknown")))
+    if problems:
+        raise ImportError(
+            "ingest._mqtt parses PUBLISH packets itself through gmqtt's private receive API "
+            "(docs/_mqtt_fastpath.md), and the installed gmqtt does not match: "
+            + "; ".join(problems)
+            + ". Install gmqtt==0.8.0, or review the fast path against the new version."
+        )
+
+
+_check_gmqtt()
+
+
+def _missing(obj: object, names: tuple[str, ...]) -> None:
+    gone = [n for n in names if not hasattr(obj, n)]
+    if gone:
+        err = BrokerError(
+            f"gmqtt's private API changed: {type(obj).__qualname__} has no {', '.join(gone)}; "
+            "set MqttOptions(fast_receive=False) or pin gmqtt==0.8.0"
+        )
+        err.permanent = True  # type: ignore[attr-defined]
+        raise err
+
 
 #: Called for every message: (topic, payload, qos). Must be cheap: it runs on the
 #: event loop for each message. With ``manual_ack`` it may return an awaitable;
@@ -107,6 +177,10 @@ class MqttOptions:
     #: Acknowledge QoS 1 messages only when the handler's awaitable completes
     #: (at-least-once to storage). Off: acknowledged on receipt.
     manual_ack: bool = False
+    #: Frame and parse PUBLISH packets in this module (``_FastReceiver``) instead of
+    #: gmqtt's per-packet path; same semantics, about half the CPU per message
+    #: (docs/_mqtt_fastpath.md). False: gmqtt's own receive path.
+    fast_receive: bool = True
 
 
 @dataclass(slots=True)
@@ -117,6 +191,13 @@ class MqttStats:
     last_connected_ns: int = 0
     published: int = 0
     publish_failed: int = 0
+    #: QoS 1 acknowledgements not sent because the connection their messages came
+    #: on was gone when the handler's awaitable completed (fast path; the broker
+    #: redelivers those messages on the next connection).
+    acks_dropped: int = 0
+    #: QoS 1 messages left unacknowledged because the handler raised or its
+    #: awaitable failed or was cancelled (fast path).
+    acks_refused: int = 0
 
 
 class MqttClient:
@@ -266,6 +347,10 @@ class MqttClient:
 
         client.on_message = on_message_acked if self._opts.manual_ack else on_message
         client.on_disconnect = on_disconnect
+        if self._opts.fast_receive:
+            _install_fast_receive(
+                client, handler, manual_ack=self._opts.manual_ack, stats=self.stats
+            )
         return client
 
     async def _connect_once(self) -> None:
@@ -344,6 +429,275 @@ class MqttClient:
         """Outgoing QoS>0 messages not yet acknowledged by the broker."""
         storage = getattr(self._client, "_persistent_storage", None)
         return len(storage.get_all()) if storage is not None else 0
+
+
+#: First two bytes of a PUBACK as gmqtt writes it (``CommandWithMidPacket``):
+#: MQTT 3.1.1 remaining length 2 (packet id); MQTT 5 remaining length 4 (packet
+#: id, reason code 0, empty properties).
+_PUBACK_V311 = 0x4002
+_PUBACK_V5 = 0x4004
+
+
+def _pubacks(mids: list[int], *, v5: bool) -> bytes:
+    """The PUBACK packets for ``mids``, in order, as one buffer."""
+    out = np.zeros((len(mids), 3 if v5 else 2), dtype=">u2")
+    out[:, 0] = _PUBACK_V5 if v5 else _PUBACK_V311
+    out[:, 1] = mids
+    return out.tobytes()
+
+
+def _remaining_length(data: bytes, i: int) -> tuple[int, int]:
+    """Decode the variable byte integer at ``data[i]``: (value, index after it).
+
+    The index is 0 when the integer is not complete in ``data`` yet and -1 when it
+    is malformed (a fourth byte with the continuation bit).
+    """
+    value = 0
+    shift = 0
+    n = len(data)
+    while True:
+        if i >= n:
+            return 0, 0
+        byte = data[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, i
+        shift += 7
+        if shift > 21:
+            return 0, -1
+
+
+def _no_handler(_topic: str, _payload: bytes, _qos: int) -> None:
+    return None
+
+
+class _FastReceiver:
+    """The receive path of one gmqtt connection, in place of gmqtt's per-packet one.
+
+    Installed as the connection's ``MQTTProtocol._read_packet``, it frames every
+    complete packet of a read. PUBLISH at QoS 0 and 1 is parsed here (indexing and
+    slicing; MQTT 5 properties only when the packet has any, for the topic alias)
+    and handed to ``on_message`` directly. Every other packet, QoS 2, malformed
+    PUBLISH packets and anything arriving on a superseded connection go to gmqtt
+    (``MQTTConnection.put_package``) exactly as before.
+
+    QoS 1 acknowledgements: without ``manual_ack`` the PUBACKs of one read are
+    written at once after it (gmqtt wrote one per message, before the handler;
+    both happen in the same event-loop step). With ``manual_ack`` a message whose
+    handler returns an awaitable is acknowledged when that completes successfully:
+    messages are grouped by awaitable (the micro-batch future of
+    ``MessageBuffer.add``), one done-callback per group writes the group's
+    PUBACKs in arrival order, and only on this receiver's connection while it is
+    still gmqtt's current one and open; otherwise they are dropped (counted) and
+    the broker redelivers. A handler that raises, or an awaitable that fails or is
+    cancelled, leaves its messages unacknowledged (counted), as gmqtt does.
+    """
+
+    __slots__ = (
+        "_conn",
+        "_groups",
+        "_last_mids",
+        "_last_waiter",
+        "_manual",
+        "_on_message",
+        "_ph",
+        "_stats",
+        "_v5",
+    )
+
+    def __init__(
+        self,
+        connection: Any,
+        package_handler: Any,
+        on_message: MessageHandler,
+        *,
+        manual_ack: bool,
+        stats: MqttStats,
+    ) -> None:
+        self._conn = connection
+        self._ph = package_handler
+        self._on_message = on_message
+        self._v5 = int(package_handler._connection_state.protocol_version >= MQTTv50)
+        self._manual = manual_ack
+        self._stats = stats
+        self._groups: dict[asyncio.Future[Any], list[int]] = {}
+        self._last_waiter: asyncio.Future[Any] | None = None
+        self._last_mids: list[int] = []
+
+    def read_packet(self, data: bytes) -> int:
+        """Handle the complete packets at the start of ``data``.
+
+        Returns the number of bytes consumed (the rest is kept for the next read),
+        or -1 for a malformed packet length, like gmqtt's ``_read_packet``.
+        """
+        conn = self._conn
+        live = self._ph.current_connection is conn
+        on_message = self._on_message
+        v5 = self._v5
+        manual = self._manual
+        last_waiter, last_mids = self._last_waiter, self._last_mids
+        acks: list[int] = []
+        size = len(data)
+        pos = 0
+        while size - pos >= 2:
+            cmd = data[pos]
+            length = data[pos + 1]
+            start = pos + 2
+            if length & 0x80:
+                if start < size and data[start] < 0x80:
+                    length = (length & 0x7F) | (data[start] << 7)
+                    start += 1
+                else:
+                    length, start = _remaining_length(data, pos + 1)
+                    if start <= 0:
+                        if start < 0:
+                            return -1
+                        break
+            end = start + length
+            if end > size:
+                break
+            # PUBLISH at QoS 0 or 1 (type 3, QoS bit 1 clear) on the live connection.
+            if cmd & 0xF4 == 0x30 and live and length >= 2:
+                qos = (cmd >> 1) & 1
+                p = start + 2 + ((data[start] << 8) | data[start + 1])
+                if p + 2 * qos + v5 <= end:
+                    topic = data[start + 2 : p]
+                    mid = 0
+                    if qos:
+                        mid = (data[p] << 8) | data[p + 1]
+                        p += 2
+                    if not v5:
+                        payload = data[p:end]
+                    elif data[p] == 0:
+                        payload = data[p + 1 : end]
+                    else:
+                        parsed = self._properties(topic, data[p:end])
+                        pos = end
+                        if parsed is None:
+                            continue
+                        topic, payload = parsed
+                    pos = end
+                    if not topic:
+                        log.warning("PUBLISH without a topic name (or an unknown topic alias)")
+                        continue
+                    try:
+                        text = topic.decode()
+                    except UnicodeDecodeError:
+                        text = topic.decode("utf-8", "backslashreplace")
+                    if not qos:
+                        try:
+                            on_message(text, payload, 0)
+                        except Exception:
+                            log.exception("message handler failed")
+                        continue
+                    if not manual:
+                        acks.append(mid)
+                        try:
+                            on_message(text, payload, 1)
+                        except Exception:
+                            log.exception("message handler failed")
+                        continue
+                    try:
+                        waiter = on_message(text, payload, 1)
+                    except Exception:
+                        self._stats.acks_refused += 1
+                        log.exception("message handler failed; message not acknowledged")
+                        continue
+                    if waiter is None:
+                        acks.append(mid)
+                    elif waiter is last_waiter:
+                        last_mids.append(mid)
+                    else:
+                        last_waiter, last_mids = self._group(waiter)
+                        last_mids.append(mid)
+                    continue
+            conn.put_package(Package(cmd, data[start:end]))
+            live = self._ph.current_connection is conn
+            pos = end
+        self._last_waiter, self._last_mids = last_waiter, last_mids
+        if pos:
+            conn._last_data_in = time.monotonic()
+        if acks:
+            self._send_acks(acks)
+        return pos
+
+    def _properties(self, topic: bytes, rest: bytes) -> tuple[bytes, bytes] | None:
+        """MQTT 5 PUBLISH with properties: (topic, payload), resolving a topic alias."""
+        ph = self._ph
+        try:
+            props, payload = ph._parse_properties(rest)
+        except Exception:  # truncated property block
+            props = payload = None
+        if props is None or payload is None:
+            log.error("PUBLISH with malformed properties skipped")
+            return None
+        alias = props.get("topic_alias")
+        if alias:
+            aliases = ph._server_topics_aliases
+            if topic:
+                aliases[alias[0]] = topic
+            else:
+                topic = aliases.get(alias[0], b"")
+        return topic, payload
+
+    def _group(self, waiter: Awaitable[None]) -> tuple[asyncio.Future[Any], list[int]]:
+        fut = waiter if isinstance(waiter, asyncio.Future) else asyncio.ensure_future(waiter)
+        mids = self._groups.get(fut)
+        if mids is None:
+            mids = self._groups[fut] = []
+            fut.add_done_callback(self._acknowledge)
+        return fut, mids
+
+    def _acknowledge(self, fut: asyncio.Future[Any]) -> None:
+        mids = self._groups.pop(fut, None)
+        if self._last_waiter is fut:
+            self._last_waiter = None
+        if not mids:
+            return
+        if fut.cancelled() or fut.exception() is not None:
+            self._stats.acks_refused += len(mids)
+            log.warning(
+                "QoS 1 messages not acknowledged: their handler's awaitable failed",
+                extra={
+                    "messages": len(mids),
+                    "error": None if fut.cancelled() else repr(fut.exception()),
+                },
+            )
+            return
+        self._send_acks(mids)
+
+    def _send_acks(self, mids: list[int]) -> None:
+        conn = self._conn
+        if self._ph.current_connection is not conn or conn.is_closing():
+            self._stats.acks_dropped += len(mids)
+            return
+        conn.send_package(_pubacks(mids, v5=bool(self._v5)))
+
+
+def _install_fast_receive(
+    client: Any, on_message: MessageHandler | None, *, manual_ack: bool, stats: MqttStats
+) -> None:
+    """Give every connection ``client`` makes a ``_FastReceiver``.
+
+    gmqtt's ``MQTTConnection.__init__`` points the client's package handler at each
+    new connection (``set_connection``) before anything is sent on it, so wrapping
+    that method on this client's handler instance catches every connection and
+    touches no gmqtt class.
+    """
+    _missing(client, _CLIENT_ATTRS)
+    ph = client._package_handler
+    _missing(ph, _PACKAGE_HANDLER_ATTRS)
+    original = ph.set_connection
+    handler = on_message or _no_handler
+
+    def set_connection(connection: Any) -> None:
+        original(connection)
+        _missing(connection, _CONNECTION_ATTRS)
+        receiver = _FastReceiver(connection, ph, handler, manual_ack=manual_ack, stats=stats)
+        connection._protocol._read_packet = receiver.read_packet
+
+    ph.set_connection = set_connection
 
 
 def _topic_text(topic: bytes) -> str:

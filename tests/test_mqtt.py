@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
+from gmqtt.mqtt.connection import MQTTConnection
+from gmqtt.mqtt.constants import MQTTv50, MQTTv311
+from gmqtt.mqtt.protocol import MQTTProtocol
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from servers import MosquittoServer
 
-from ingest._mqtt import BackoffOptions, MqttClient, MqttOptions, TlsOptions, backoff_delays
+from ingest._mqtt import (
+    BackoffOptions,
+    MqttClient,
+    MqttOptions,
+    TlsOptions,
+    backoff_delays,
+    gmqtt_api_problems,
+)
 from urbanpulse._errors import BrokerError
 
 pytestmark = pytest.mark.integration
@@ -60,10 +75,15 @@ async def _roundtrip(sub_opts: MqttOptions, pub_opts: MqttOptions, n: int = 50) 
     return got
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "gmqtt"])
+@pytest.mark.parametrize("manual_ack", [False, True], ids=["auto-ack", "manual-ack"])
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
-def test_receives_with_both_protocol_versions(mosquitto: MosquittoServer, protocol: str) -> None:
+def test_receives_with_both_protocol_versions(
+    mosquitto: MosquittoServer, protocol: str, manual_ack: bool, fast: bool
+) -> None:
     opts = MqttOptions(port=mosquitto.port, protocol=protocol)  # type: ignore[arg-type]
-    got = asyncio.run(_roundtrip(opts, opts))
+    sub = replace(opts, manual_ack=manual_ack, fast_receive=fast)
+    got = asyncio.run(_roundtrip(sub, opts))
     assert sorted(int(p) for p in got) == list(range(50))
 
 
@@ -227,3 +247,323 @@ def test_tls_with_a_private_ca(tmp_path: Path) -> None:
             await task
 
         asyncio.run(untrusted())
+
+
+# -- the PUBLISH fast path against gmqtt's own receive path, no broker ----------------
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        n, byte = divmod(n, 128)
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+#: MQTT 5 PUBLISH properties (already encoded, without the length prefix).
+def _topic_alias(alias: int) -> bytes:
+    return b"\x23" + alias.to_bytes(2, "big")
+
+
+USER_PROPERTY = b"\x26\x00\x01k\x00\x02vv"
+PAYLOAD_FORMAT = b"\x01\x01"
+BAD_PROPERTY = b"\x7f\x00"  # no such property id: gmqtt skips the message
+
+
+def _publish(
+    topic: bytes, payload: bytes, *, qos: int, mid: int = 0, v5: bool, props: bytes = b""
+) -> bytes:
+    body = len(topic).to_bytes(2, "big") + topic
+    if qos:
+        body += mid.to_bytes(2, "big")
+    if v5:
+        body += _varint(len(props)) + props
+    body += payload
+    return bytes([0x30 | qos << 1]) + _varint(len(body)) + body
+
+
+PINGRESP = b"\xd0\x00"
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.written = bytearray()
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+
+class Wired:
+    """A gmqtt client built by ``MqttClient`` on a fake transport; bytes in, calls out."""
+
+    def __init__(self, opts: MqttOptions, handler: Any, *, v5: bool) -> None:
+        self.stats_owner = MqttClient(opts, on_message=handler)
+        self.client = self.stats_owner._new_client()
+        self.client._connection_state.protocol_version = MQTTv50 if v5 else MQTTv311
+        self.transport, self.proto, self.conn = self.connect()
+        self._buf = b""
+
+    def connect(self) -> tuple[FakeTransport, Any, Any]:
+        """A new connection of the same client (as gmqtt's own reconnect makes)."""
+        transport = FakeTransport()
+        proto = MQTTProtocol(
+            connection_state=self.client._connection_state,
+            id_generator=self.client._package_handler.id_generator,
+        )
+        proto._transport = transport
+        conn = MQTTConnection(
+            transport, proto, True, 0, package_handler=self.client._package_handler
+        )
+        self.client._connection = conn
+        return transport, proto, conn
+
+    def feed(self, *chunks: bytes) -> None:
+        for chunk in chunks:  # what MQTTProtocol._read_loop does with each read
+            self._buf += chunk
+            used = self.proto._read_packet(self._buf)
+            assert used >= 0
+            self._buf = self._buf[used:]
+
+
+def _chunks(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    edges = [0, *points, len(data)]
+    return [data[a:b] for a, b in itertools.pairwise(edges)]
+
+
+def _pubacks(mids: list[int], *, v5: bool) -> bytes:
+    tail = b"\x00\x00" if v5 else b""
+    return b"".join(bytes([0x40, 4 if v5 else 2]) + m.to_bytes(2, "big") + tail for m in mids)
+
+
+TOPICS = st.sampled_from(
+    [b"urbanpulse/bandung/coblong/air/AQ-0001", b"t/\xc3\xa9", b"t/\xff\xfe", b"a", b""]
+)
+PAYLOADS = st.one_of(
+    st.binary(max_size=300),
+    st.builds(lambda n, b: bytes([b]) * n, st.integers(16_370, 16_400), st.integers(0, 255)),
+)
+PROPS = st.sampled_from(
+    [b"", b"", USER_PROPERTY, PAYLOAD_FORMAT, BAD_PROPERTY, _topic_alias(1), _topic_alias(2)]
+)
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> tuple[bool, bytes]:
+    v5 = draw(st.booleans())
+    out = bytearray()
+    for i in range(draw(st.integers(1, 12))):
+        kind = draw(st.sampled_from(["publish", "publish", "publish", "ping", "malformed"]))
+        if kind == "ping":
+            out += PINGRESP
+        elif kind == "malformed":  # topic length beyond the packet
+            out += b"\x30\x03\x00\x09a"
+        else:
+            qos = draw(st.integers(0, 1))
+            props = draw(PROPS) if v5 else b""
+            topic, payload = draw(TOPICS), draw(PAYLOADS)
+            out += _publish(topic, payload, qos=qos, mid=i + 1, v5=v5, props=props)
+    return v5, bytes(out)
+
+
+@settings(max_examples=150, deadline=None)
+@given(stream=streams(), cuts=st.lists(st.integers(0, 50_000), max_size=6))
+def test_fast_path_delivers_and_acknowledges_what_gmqtt_does(
+    stream: tuple[bool, bytes], cuts: list[int]
+) -> None:
+    v5, data = stream
+
+    async def run(fast: bool) -> tuple[list[tuple[str, bytes, int]], bytes]:
+        got: list[tuple[str, bytes, int]] = []
+        opts = MqttOptions(fast_receive=fast)
+        wired = Wired(opts, lambda t, p, q: got.append((t, p, q)), v5=v5)
+        wired.feed(*_chunks(data, cuts))
+        return got, bytes(wired.transport.written)
+
+    fast_got, fast_acks = asyncio.run(run(True))
+    gmqtt_got, gmqtt_acks = asyncio.run(run(False))
+    assert fast_got == gmqtt_got
+    assert fast_acks == gmqtt_acks
+
+
+def test_fast_path_is_installed_and_parses_a_topic_alias() -> None:
+    got: list[tuple[str, bytes, int]] = []
+
+    async def go() -> None:
+        wired = Wired(MqttOptions(), lambda t, p, q: got.append((t, p, q)), v5=True)
+        assert "read_packet" in repr(wired.proto._read_packet)  # ours, not gmqtt's
+        wired.feed(
+            _publish(b"a/b", b"1", qos=1, mid=7, v5=True, props=_topic_alias(3)),
+            _publish(b"", b"2", qos=0, v5=True, props=_topic_alias(3)),
+            _publish(b"", b"3", qos=0, v5=True, props=_topic_alias(4)),  # unknown alias
+        )
+        assert bytes(wired.transport.written) == _pubacks([7], v5=True)
+
+    asyncio.run(go())
+    assert got == [("a/b", b"1", 1), ("a/b", b"2", 0)]
+
+
+def _qos1(mids: list[int], *, v5: bool) -> bytes:
+    return b"".join(_publish(b"t/x", str(m).encode(), qos=1, mid=m, v5=v5) for m in mids)
+
+
+@pytest.mark.parametrize("v5", [True, False], ids=["v5", "v3.1.1"])
+def test_manual_ack_waits_for_each_batch_future_and_keeps_arrival_order(v5: bool) -> None:
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        batch_a, batch_b = loop.create_future(), loop.create_future()
+        waiters: list[asyncio.Future[None] | None] = [batch_a] * 3 + [None] + [batch_b] * 2
+        calls = iter(waiters)
+        wired = Wired(MqttOptions(manual_ack=True), lambda _t, _p, _q: next(calls), v5=v5)
+        data = _qos1([5, 3, 9, 4, 8, 1], v5=v5)
+        wired.feed(data[:40], data[40:])  # batch A spans two reads
+        await asyncio.sleep(0)
+        assert bytes(wired.transport.written) == _pubacks([4], v5=v5)  # the None: at once
+        batch_b.set_result(None)
+        await asyncio.sleep(0)
+        assert bytes(wired.transport.written) == _pubacks([4, 8, 1], v5=v5)
+        batch_a.set_result(None)
+        await asyncio.sleep(0)
+        assert bytes(wired.transport.written) == _pubacks([4, 8, 1, 5, 3, 9], v5=v5)
+
+    asyncio.run(go())
+
+
+def test_manual_ack_never_acknowledges_on_a_newer_or_closed_connection() -> None:
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        batch_a, batch_b = loop.create_future(), loop.create_future()
+        current = [batch_a]
+        wired = Wired(MqttOptions(manual_ack=True), lambda _t, _p, _q: current[0], v5=True)
+        first = wired.transport
+        wired.feed(_qos1([1, 2], v5=True))
+        new_transport, wired.proto, wired.conn = wired.connect()  # a reconnect
+        current[0] = batch_b
+        wired.feed(_qos1([1, 2, 3], v5=True))  # the broker reuses the packet ids
+        batch_a.set_result(None)
+        await asyncio.sleep(0)
+        assert first.written == b""
+        assert new_transport.written == b""  # batch A's ids must not ack batch B's messages
+        assert wired.stats_owner.stats.acks_dropped == 2
+        batch_b.set_result(None)
+        await asyncio.sleep(0)
+        assert bytes(new_transport.written) == _pubacks([1, 2, 3], v5=True)
+        # the live connection closing before the batch is durable: nothing is written
+        batch_c = loop.create_future()
+        current[0] = batch_c
+        wired.feed(_qos1([4], v5=True))
+        new_transport.closing = True
+        batch_c.set_result(None)
+        await asyncio.sleep(0)
+        assert bytes(new_transport.written) == _pubacks([1, 2, 3], v5=True)
+        assert wired.stats_owner.stats.acks_dropped == 3
+
+    asyncio.run(go())
+
+
+def test_manual_ack_withholds_acks_when_the_handler_or_its_future_fails() -> None:
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        failing, cancelled = loop.create_future(), loop.create_future()
+        plan: list[Any] = [failing, failing, cancelled, "raise"]
+        calls = iter(plan)
+
+        def handler(_t: str, _p: bytes, _q: int) -> Any:
+            nxt = next(calls)
+            if nxt == "raise":
+                raise ValueError("handler bug")
+            return nxt
+
+        wired = Wired(MqttOptions(manual_ack=True), handler, v5=False)
+        wired.feed(_qos1([1, 2, 3, 4], v5=False))
+        failing.set_exception(OSError("spool full"))
+        cancelled.cancel()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert wired.transport.written == b""
+        assert wired.stats_owner.stats.acks_refused == 4
+        failing.exception()  # retrieved: no "never retrieved" warning
+
+    asyncio.run(go())
+
+
+def test_auto_ack_acknowledges_on_receipt_even_when_the_handler_raises() -> None:
+    def handler(_t: str, p: bytes, _q: int) -> None:
+        if p == b"2":
+            raise ValueError("handler bug")
+
+    async def go() -> bytes:
+        wired = Wired(MqttOptions(), handler, v5=True)
+        wired.feed(_qos1([1, 2, 3], v5=True))
+        return bytes(wired.transport.written)
+
+    assert asyncio.run(go()) == _pubacks([1, 2, 3], v5=True)
+
+
+def test_gmqtt_api_check_names_what_is_missing() -> None:
+    assert gmqtt_api_problems("0.8.0") == []
+    assert "gmqtt 0.9.1 is installed" in gmqtt_api_problems("0.9.1")[0]
+    problems = gmqtt_api_problems("0.8.0", ((MQTTProtocol, "_read_packet_v2"),))
+    assert problems == ["gmqtt.mqtt.protocol.MQTTProtocol._read_packet_v2 is missing"]
+
+
+def test_manual_ack_against_mosquitto_acks_only_durable_batches(
+    mosquitto: MosquittoServer,
+) -> None:
+    """Unacknowledged QoS 1 messages come back on the next session; acknowledged do not."""
+
+    async def go() -> tuple[list[bytes], MqttClient]:
+        opts = MqttOptions(
+            port=mosquitto.port,
+            client_id=f"manual-{random.randrange(10**9)}",
+            clean_start=False,
+            session_expiry_s=600,
+            manual_ack=True,
+        )
+        loop = asyncio.get_running_loop()
+        durable, never = loop.create_future(), loop.create_future()
+        got: list[bytes] = []
+
+        def handler(_t: str, p: bytes, _q: int) -> asyncio.Future[None]:
+            got.append(p)
+            return durable if int(p) < 5 else never
+
+        sub = MqttClient(opts, subscriptions=(("m/#", 1),), on_message=handler)
+        pub = MqttClient(MqttOptions(port=mosquitto.port))
+        tasks = [asyncio.create_task(sub.run()), asyncio.create_task(pub.run())]
+        await sub.wait_connected(10)
+        await pub.wait_connected(10)
+        await asyncio.sleep(0.2)
+        for i in range(10):
+            assert pub.publish("m/x", str(i).encode(), qos=1)
+        await _until(lambda: len(got) >= 10)
+        durable.set_result(None)
+        await asyncio.sleep(0.3)  # the PUBACKs reach the broker
+        await sub.stop()
+        never.set_result(None)  # too late: that connection is gone
+        await asyncio.sleep(0)
+        again: list[bytes] = []
+        sub2 = MqttClient(
+            opts, subscriptions=(("m/#", 1),), on_message=lambda _t, p, _q: again.append(p)
+        )
+        tasks.append(asyncio.create_task(sub2.run()))
+        try:
+            await _until(lambda: len(again) >= 5)
+            await asyncio.sleep(0.3)
+        finally:
+            await sub2.stop()
+            await pub.stop()
+            await asyncio.gather(*tasks)
+        return again, sub
+
+    again, sub = asyncio.run(go())
+    assert sorted(int(p) for p in again) == [5, 6, 7, 8, 9]
+    assert sub.stats.acks_dropped == 5
