@@ -13,7 +13,7 @@ index has full coverage. Measures, single thread, best of ``--repeat`` runs:
   aggregation + events (readings/s);
 * state bytes per series.
 
-Figures go to stdout and to ``docs/_indices_perf.md``.
+Figures go to stdout and to ``var/bench/indices.md`` (copy into docs/performance.md).
 """
 
 from __future__ import annotations
@@ -196,8 +196,10 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if not args.no_docs:
-        (ROOT / "docs" / "_indices_perf.md").write_text(text, encoding="utf-8")
-        print(f"written to {ROOT / 'docs' / '_indices_perf.md'}")
+        out = ROOT / "var" / "bench" / "indices.md"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+        print(f"written to {out}")
 
 
 if __name__ == "__main__":

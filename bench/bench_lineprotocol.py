@@ -10,7 +10,7 @@
   VictoriaMetrics (started here through ``tests/servers.py``) via the v2 path
   (influxdb-client WriteApi, ``/api/v2/write``) and the v1 path (urllib3, ``/write``).
 
-Figures go to stdout and to ``docs/_outputs_perf.md``.
+Figures go to stdout and to ``var/bench/outputs.md`` (copy into docs/performance.md).
 """
 
 from __future__ import annotations
@@ -230,7 +230,7 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=5_000, help="points per write")
     parser.add_argument("--baseline-rows", type=int, default=200_000)
     parser.add_argument("--no-write", action="store_true", help="skip the VictoriaMetrics part")
-    parser.add_argument("--no-docs", action="store_true", help="do not write docs/_outputs_perf.md")
+    parser.add_argument("--no-docs", action="store_true", help="do not write var/bench/outputs.md")
     args = parser.parse_args()
 
     registry, batch = make_data(args.messages, args.series)
@@ -339,7 +339,8 @@ def main() -> None:
             *out,
             "",
         ]
-        path = ROOT / "docs" / "_outputs_perf.md"
+        path = ROOT / "var" / "bench" / "outputs.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("\n".join(doc))
         print(f"\nwrote {path.relative_to(ROOT)}")
 

@@ -12,7 +12,7 @@ or from the native reasons it shares (``not_object``, ``wrong_type``,
 ``unknown_field``, ``bad_timestamp``, ``not_finite``, ``no_metrics``).
 
 Which codec reads a topic is configured by :class:`CodecRule` (first matching
-MQTT topic filter wins; no match: native JSON). See docs/_codecs.md.
+MQTT topic filter wins; no match: native JSON). See docs/codecs.md.
 """
 
 from __future__ import annotations

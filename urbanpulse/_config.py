@@ -131,7 +131,7 @@ class IngestSettings(_Section):
         #: city, district, kind for captures the topic pattern lacks.
         tags: dict[str, str] = Field(default_factory=dict)
 
-    #: Codec per topic filter; no rule matches: native JSON (see docs/_codecs.md).
+    #: Codec per topic filter; no rule matches: native JSON (see docs/codecs.md).
     codecs: list[CodecRuleSettings] = Field(default_factory=list)
 
     @model_validator(mode="after")
