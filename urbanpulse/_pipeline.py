@@ -30,6 +30,7 @@ from outputs._influx import LineWriter
 from outputs._lineprotocol import TagCache, encode_aggregates, encode_readings
 from outputs._stage import OutputStage, StageOptions
 from processors._dedup import DuplicateFilter
+from processors._detectors import DetectorConfig, DetectorSuite
 from processors._indices import IndexTracker
 from processors._windows import MultiWindows, WindowAggregates, WindowSpec
 from urbanpulse._batch import ReadingBatch, SeriesKey, SeriesRegistry
@@ -73,6 +74,8 @@ class PipelineOptions:
     #: Official indices (ISPU, US AQI) are folded in every batch and evaluated at
     #: most this often (wall time); 0 evaluates every batch.
     index_interval_s: float = 60.0
+    #: The anomaly detectors (each has its own ``enabled`` flag); None: none.
+    detectors: DetectorConfig | None = field(default_factory=DetectorConfig)
 
 
 @dataclass(slots=True)
@@ -138,8 +141,15 @@ class Pipeline:
         self.mqtt: MqttClient | None = None
         self.bus = EventBus()
         self.indices = IndexTracker(self.registry, clock=self.clock)
+        self.detectors = (
+            DetectorSuite(options.detectors, self.registry, self.clock)
+            if options.detectors is not None
+            else None
+        )
+        self._max_ts_ns = -1
         self._last_index_s = time.monotonic()
         self._pending_events: list[Event] = []
+        self._replayed_events: list[Event] = []
         self._cardinality_seen = 0
         self._cardinality_event_s: float | None = None
         self.stats = PipelineStats()
@@ -198,6 +208,16 @@ class Pipeline:
             batch = ReadingBatch(batch.sid, batch.metric, batch.ts_ns, batch.value, flags)
             self.stats.late_readings += int(np.count_nonzero(late))
         self.indices.observe(batch)
+        if self.detectors is not None and len(batch):
+            det = self.detectors.update(batch)
+            if det.flags.any():
+                batch = ReadingBatch(
+                    batch.sid, batch.metric, batch.ts_ns, batch.value, batch.flags | det.flags
+                )
+            self._pending_events.extend(det.events)
+            self._max_ts_ns = max(self._max_ts_ns, int(batch.ts_ns.max()))
+            grace_ns = min(s.grace_ns for s in self.options.windows)
+            self._pending_events.extend(self.detectors.check(self._max_ts_ns - grace_ns))
         aggregates = [u.closed for u in updates.values()]
         lines = self._encode(batch, aggregates)
         closed: dict[int, int] = {}
@@ -304,6 +324,11 @@ class Pipeline:
             self.dedup.apply(record.batch)
             self.windows.update(record.batch)
             self.indices.observe(record.batch)
+            if self.detectors is not None and len(record.batch):
+                # Events of replayed records go to storage again (idempotent), not
+                # to the bus: they were, or would have been, published before.
+                self._replayed_events.extend(self.detectors.update(record.batch).events)
+                self._max_ts_ns = max(self._max_ts_ns, int(record.batch.ts_ns.max()))
             replayed += 1
         self.stats.replayed_records = replayed
         committed = self.spool.committed_seq
@@ -342,6 +367,11 @@ class Pipeline:
         indices = {k[len("i.") :]: v for k, v in arrays.items() if k.startswith("i.")}
         if indices:
             self.indices = IndexTracker.restore(indices, self.registry, clock=self.clock)
+        detectors = {k[len("x.") :]: v for k, v in arrays.items() if k.startswith("x.")}
+        if detectors and self.detectors is not None:
+            self.detectors.restore(detectors)
+        if "max_ts_ns" in arrays:
+            self._max_ts_ns = int(arrays["max_ts_ns"][0])
         restored = MultiWindows.restore(windows) if windows else None
         wanted = sorted(self.options.windows, key=lambda s: s.window_ms)
         saved = (
@@ -383,6 +413,9 @@ class Pipeline:
         arrays.update({f"w.{k}": v for k, v in self.windows.snapshot().items()})
         arrays.update({f"d.{k}": v for k, v in self.dedup.snapshot().items()})
         arrays.update({f"i.{k}": v for k, v in self.indices.snapshot().items()})
+        if self.detectors is not None:
+            arrays.update({f"x.{k}": v for k, v in self.detectors.snapshot().items()})
+        arrays["max_ts_ns"] = np.array([self._max_ts_ns], dtype=np.int64)
         tmp = cdir / (_STATE_FILE + ".tmp.npz")
         savez: Any = np.savez  # numpy's stub types **arrays as its keyword flags
         savez(tmp, **arrays)
@@ -422,6 +455,10 @@ class Pipeline:
         if self._pending_events:
             events, self._pending_events = self._pending_events, []
             await self.stage.submit_record(self.publish_events(events))
+        if self._replayed_events:
+            enc = encode_events(self._replayed_events)
+            self._replayed_events = []
+            await self.stage.submit_record([(enc.data, enc.points)])
         if time.monotonic() - self._last_index_s >= self.options.index_interval_s:
             await self.evaluate_indices()
         if time.monotonic() - self._last_checkpoint_s >= self.options.checkpoint_interval_s:
