@@ -69,6 +69,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--quiet", action="store_true", help="no progress line")
 
+    ev = sub.add_parser(
+        "evaluate",
+        help="score the detectors on a seeded simulated scenario (precision, recall, F1, delay)",
+    )
+    ev.add_argument("--city", default="sindangraja", help="built-in or bundled city")
+    ev.add_argument("--city-file", help="a city model file")
+    ev.add_argument("--days", type=float, default=2.0)
+    ev.add_argument("--seed", type=int, default=7)
+    ev.add_argument("--scenario", type=Path, help="a scenario file (default: random, seeded)")
+    ev.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
     spool = sub.add_parser("spool", help="the disk spool: show it, or write it to the database")
     spool_sub = spool.add_subparsers(dest="spool_command", required=True)
     spool_sub.add_parser("status", help="segments, size, records not yet in the database")
@@ -335,6 +346,41 @@ def _print_demo_status(stats: dict[str, Any]) -> None:
     )
 
 
+# -- evaluate ----------------------------------------------------------------------------
+def _evaluate(args: argparse.Namespace) -> int:
+    from urbanpulse._evaluate import EvaluationOptions, evaluate
+
+    result = evaluate(
+        EvaluationOptions(
+            city=args.city,
+            city_file=args.city_file,
+            days=args.days,
+            seed=args.seed,
+            scenario_file=args.scenario,
+        )
+    )
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "faults": result.faults.to_dict(),
+                    "clean": result.clean.to_dict(),
+                    "messages": result.messages,
+                    "seconds": round(result.seconds, 1),
+                },
+                indent=2,
+            )
+        )
+    else:
+        print(
+            f"# evaluation: {args.city}, {args.days:g} days, seed {args.seed}, "
+            f"{len(result.labels)} labels, {result.messages:,} messages in "
+            f"{result.seconds:.0f} s\n"
+        )
+        print(result.to_markdown())
+    return 0
+
+
 # -- spool -------------------------------------------------------------------------------
 def _spool_status(settings: Settings) -> int:
     from dataclasses import asdict
@@ -412,6 +458,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_sim(_sim_overrides(settings, args), args))
         if args.command == "demo":
             return asyncio.run(_demo(settings, args))
+        if args.command == "evaluate":
+            return _evaluate(args)
         if args.command == "spool":
             if args.spool_command == "status":
                 return _spool_status(settings)
