@@ -1,7 +1,8 @@
 """Ingest throughput: receive + decode + validate in one process, and decode alone.
 
     python bench/bench_ingest.py [--messages 300000] [--repeat 3] [--qos1-messages 300000]
-                                 [--protocol 5|3.1.1]
+                                 [--protocol 5|3.1.1] [--receive fast|gmqtt|both]
+                                 [--no-manual-ack]
 
 * decode only: ``NativeJsonDecoder.decode`` on micro-batches of 5,000 of the same
   simulator messages, no broker (orjson per payload, one pydantic-core validation
@@ -14,13 +15,22 @@
   messages decoded / (first publish -> last message decoded); messages lost =
   published - (decoded + dead-lettered), and must be 0;
 * the same at QoS 1 end to end: the publisher sends QoS 1 (PUBACK window 20,000)
-  and the subscription is QoS 1 (gmqtt acknowledges each message on receipt).
+  and the subscription is QoS 1, acknowledged on receipt;
+* and QoS 1 with ``manual_ack`` (what the pipeline does with the spool on): each
+  message is acknowledged only once its micro-batch is decoded (the consumer
+  resolves the batch's ``RawBatch.ack`` future), receive maximum 65,535.
+
+``--receive`` picks the receive path of ``MqttClient``: ``fast`` (the default,
+``MqttOptions.fast_receive``: PUBLISH framing and parsing in ingest/_mqtt.py),
+``gmqtt`` (gmqtt's own per-packet path) or ``both`` (every run for each, interleaved,
+to compare them under the same machine load).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import statistics
 import tempfile
 import time
@@ -97,6 +107,9 @@ def decode_only(messages: list[Message]) -> DecodeOnly:
 @dataclass(frozen=True, slots=True)
 class IngestRun:
     qos: int
+    #: "fast" or "gmqtt" (MqttOptions.fast_receive)
+    receive: str
+    manual_ack: bool
     published: int
     received: int
     ok: int
@@ -123,15 +136,35 @@ class IngestRun:
     def lost(self) -> int:
         return self.published - self.ok - self.dead
 
+    @property
+    def label(self) -> str:
+        ack = (
+            ""
+            if not self.qos
+            else (", ack after decode" if self.manual_ack else ", ack on receipt")
+        )
+        return f"QoS {self.qos}{ack}, {self.receive} receive"
+
 
 async def receive_and_decode(
-    packets: PacketFile, port: int, protocol: Literal["5", "3.1.1"]
+    packets: PacketFile,
+    port: int,
+    protocol: Literal["5", "3.1.1"],
+    *,
+    receive: str = "fast",
+    manual_ack: bool = False,
 ) -> IngestRun:
     qos = packets.qos
     buffer = MessageBuffer(BufferOptions(batch_max_messages=BATCH, batch_max_ms=200))
     decoder = new_decoder()
     client = MqttClient(
-        MqttOptions(port=port, protocol=protocol),
+        MqttOptions(
+            port=port,
+            protocol=protocol,
+            fast_receive=receive == "fast",
+            manual_ack=manual_ack,
+            receive_maximum=65535 if manual_ack else None,
+        ),
         subscriptions=(("urbanpulse/#", qos),),
         on_message=buffer.add,
     )
@@ -158,6 +191,8 @@ async def receive_and_decode(
                     # recv_ns is wall time; convert the first one to the monotonic clock.
                     t_first = time.monotonic() - (time.time_ns() - raw.recv_ns[0]) / 1e9
                 result = decoder.decode(raw.topics, raw.payloads, raw.recv_ns)
+                if raw.ack is not None:
+                    raw.ack.set_result(None)  # decoded: acknowledge the batch
                 ok += result.messages_ok
                 dead += len(result.dead)
                 readings += len(result.batch)
@@ -172,6 +207,8 @@ async def receive_and_decode(
         pub = await publisher.aresult()
         return IngestRun(
             qos=qos,
+            receive=receive,
+            manual_ack=manual_ack,
             published=pub.sent,
             received=buffer.received - received0,
             ok=ok,
@@ -219,18 +256,23 @@ async def main_async(args: argparse.Namespace) -> None:
         server = start_mosquitto(work)
         meter = CpuMeter(server.pid)
         try:
+            paths = ["fast", "gmqtt"] if args.receive == "both" else [args.receive]
+            kinds = [(q0, False), (q1, False)] + ([(q1, True)] if args.manual_ack else [])
             for _ in range(args.repeat):
-                for packets in (q0, q1):
+                for (packets, manual), receive in itertools.product(kinds, paths):
                     broker0 = proc_cpu_s(server.pid)
                     meter.start()
-                    run = await receive_and_decode(packets, server.port, args.protocol)
+                    run = await receive_and_decode(
+                        packets, server.port, args.protocol, receive=receive, manual_ack=manual
+                    )
                     run = replace(
                         run,
                         broker_cpu_s=proc_cpu_s(server.pid) - broker0,
                         other_cpu=meter.other_percent(),
                     )
                     print(
-                        f"  QoS {run.qos} ingest  {run.rate:>10,.0f} msg/s  "
+                        f"  {run.label:<44} {run.rate:>10,.0f} msg/s  "
+                        f"{run.cpu_s / max(run.ok, 1) * 1e6:5.1f} CPU µs/msg  "
                         f"ok {run.ok:,}/{run.published:,}  lost {run.lost:,}  "
                         f"(other processes {run.other_cpu:.0f}% CPU)",
                         flush=True,
@@ -258,15 +300,16 @@ async def main_async(args: argparse.Namespace) -> None:
             "-",
             f"{decode_other[i_best]:.0f}",
             f"{best_d.cpu_s / best_d.messages * 1e6:.1f}",
+            f"{statistics.median(d.cpu_s / d.messages * 1e6 for d in decode_runs):.1f}",
         ]
     )
-    for qos in (0, 1):
-        mine = [r for r in runs if r.qos == qos]
+    for label in dict.fromkeys(r.label for r in runs):
+        mine = [r for r in runs if r.label == label]
         rates = [r.rate for r in mine]
         best = max(mine, key=lambda r: r.rate)
         rows.append(
             [
-                f"MqttClient (MQTT {args.protocol}) + MessageBuffer + decode, QoS {qos}",
+                f"MqttClient (MQTT {args.protocol}) + MessageBuffer + decode, {label}",
                 f"{best.published:,}",
                 f"{best.rate:,.0f}",
                 f"{statistics.median(rates):,.0f}",
@@ -280,6 +323,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 f"{best.publisher_cpu_s / best.seconds * 100:.0f}",
                 f"{best.other_cpu:.0f}",
                 f"{best.cpu_s / max(best.ok, 1) * 1e6:.1f}",
+                f"{statistics.median(r.cpu_s / max(r.ok, 1) * 1e6 for r in mine):.1f}",
             ]
         )
     print_table(
@@ -297,13 +341,14 @@ async def main_async(args: argparse.Namespace) -> None:
             "broker CPU %",
             "publisher CPU %",
             "other processes CPU %",
-            "CPU µs/msg of this process",
+            "CPU µs/msg of this process (best run)",
+            "CPU µs/msg (median of runs)",
         ],
         rows,
     )
     for r in runs:
         print(
-            f"QoS {r.qos}: published {r.published:,} (publisher {r.publisher_rate:,.0f} msg/s), "
+            f"{r.label}: published {r.published:,} (publisher {r.publisher_rate:,.0f} msg/s), "
             f"received {r.received:,}, decoded ok {r.ok:,}, dead {r.dead:,}, "
             f"{r.batches} batches (mean {r.received / max(r.batches, 1):,.0f}), "
             f"{r.seconds:.2f} s"
@@ -325,6 +370,18 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument(
         "--protocol", choices=["5", "3.1.1"], default="5", help="MqttOptions.protocol"
+    )
+    parser.add_argument(
+        "--receive",
+        choices=["fast", "gmqtt", "both"],
+        default="both",
+        help="MqttOptions.fast_receive: True (fast), False (gmqtt), or each in turn",
+    )
+    parser.add_argument(
+        "--no-manual-ack",
+        dest="manual_ack",
+        action="store_false",
+        help="skip the QoS 1 runs that acknowledge after decoding (manual_ack)",
     )
     args = parser.parse_args()
     for key, value in machine_info():

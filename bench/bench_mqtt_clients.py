@@ -10,7 +10,8 @@ them. A client's rate is messages received / (first publish -> last message
 received), the same clock in both processes. The clients only count messages:
 
 * ``mosquitto_sub`` (C, libmosquitto) ``-C N`` writing to a file: the ceiling;
-* gmqtt through the project's ``MqttClient`` (MQTT 5, the default, and 3.1.1; per-message
+* gmqtt through the project's ``MqttClient`` (MQTT 5, the default, and 3.1.1; with the
+  fast receive path, ``MqttOptions.fast_receive``, and with gmqtt's own; per-message
   callback);
 * paho-mqtt 2.x, threaded network loop (``loop_start``), ``on_message`` counting;
 * aiomqtt 2.x, ``async for message in client.messages`` (on fewer messages: it is slow).
@@ -151,7 +152,9 @@ async def _measure(
     )
 
 
-async def run_gmqtt(packets: PacketFile, port: int, protocol: Literal["5", "3.1.1"] = "5") -> Run:
+async def run_gmqtt(
+    packets: PacketFile, port: int, protocol: Literal["5", "3.1.1"] = "5", *, fast: bool = True
+) -> Run:
     counter = Counter()
     add = counter.add
 
@@ -159,14 +162,15 @@ async def run_gmqtt(packets: PacketFile, port: int, protocol: Literal["5", "3.1.
         add()
 
     client = MqttClient(
-        MqttOptions(port=port, protocol=protocol),
+        MqttOptions(port=port, protocol=protocol, fast_receive=fast),
         subscriptions=((TOPIC_FILTER, 0),),
         on_message=on_message,
     )
     task = asyncio.create_task(client.run())
     try:
         await client.wait_connected(10)
-        name = f"gmqtt 0.8 (MqttClient, MQTT {protocol})"
+        path = "fast receive" if fast else "gmqtt receive path"
+        name = f"gmqtt 0.8 (MqttClient, MQTT {protocol}, {path})"
         return await _measure(name, packets, port, counter)
     finally:
         await client.stop()
@@ -302,6 +306,8 @@ async def main_async(args: argparse.Namespace) -> None:
                 ("mosquitto_sub", lambda: run_mosquitto_sub(full, server.port, work)),
                 ("gmqtt MQTT 5", lambda: run_gmqtt(full, server.port, "5")),
                 ("gmqtt MQTT 3.1.1", lambda: run_gmqtt(full, server.port, "3.1.1")),
+                ("gmqtt 5 (gmqtt)", lambda: run_gmqtt(full, server.port, "5", fast=False)),
+                ("gmqtt 3.1.1 (gmqtt)", lambda: run_gmqtt(full, server.port, "3.1.1", fast=False)),
                 ("paho", lambda: run_paho(full, server.port)),
             ]
             for _ in range(args.repeat):
@@ -315,7 +321,7 @@ async def main_async(args: argparse.Namespace) -> None:
                         other_cpu=meter.other_percent(),
                     )
                     print(
-                        f"  {name:16} {run.received:>8,}/{run.published:,} "
+                        f"  {name:20} {run.received:>8,}/{run.published:,} "
                         f"{run.rate:>10,.0f} msg/s  (other processes {run.other_cpu:.0f}% CPU)",
                         flush=True,
                     )
