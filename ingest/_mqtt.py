@@ -609,7 +609,10 @@ class _FastReceiver:
                     elif waiter is last_waiter:
                         last_mids.append(mid)
                     else:
-                        last_waiter, last_mids = self._group(waiter)
+                        group = self._group(waiter)
+                        if group is None:
+                            continue
+                        last_waiter, last_mids = group
                         last_mids.append(mid)
                     continue
             conn.put_package(Package(cmd, data[start:end]))
@@ -641,8 +644,16 @@ class _FastReceiver:
                 topic = aliases.get(alias[0], b"")
         return topic, payload
 
-    def _group(self, waiter: Awaitable[None]) -> tuple[asyncio.Future[Any], list[int]]:
-        fut = waiter if isinstance(waiter, asyncio.Future) else asyncio.ensure_future(waiter)
+    def _group(self, waiter: Awaitable[None]) -> tuple[asyncio.Future[Any], list[int]] | None:
+        """The acknowledgement group of ``waiter`` (None: not awaitable, never acked)."""
+        try:
+            fut = waiter if isinstance(waiter, asyncio.Future) else asyncio.ensure_future(waiter)
+        except TypeError:
+            self._stats.acks_refused += 1
+            log.error(
+                "message handler returned %r, not an awaitable; message not acknowledged", waiter
+            )
+            return None
         mids = self._groups.get(fut)
         if mids is None:
             mids = self._groups[fut] = []

@@ -437,6 +437,25 @@ def test_manual_ack_waits_for_each_batch_future_and_keeps_arrival_order(v5: bool
     asyncio.run(go())
 
 
+def test_manual_ack_of_coroutine_awaitables_waits_for_each_to_finish() -> None:
+    async def go() -> None:
+        gate = asyncio.Event()
+
+        async def durable() -> None:
+            await gate.wait()
+
+        wired = Wired(MqttOptions(manual_ack=True), lambda _t, _p, _q: durable(), v5=True)
+        wired.feed(_qos1([6, 7], v5=True))
+        await asyncio.sleep(0)
+        assert wired.transport.written == b""
+        gate.set()
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert bytes(wired.transport.written) == _pubacks([6, 7], v5=True)
+
+    asyncio.run(go())
+
+
 def test_manual_ack_never_acknowledges_on_a_newer_or_closed_connection() -> None:
     async def go() -> None:
         loop = asyncio.get_running_loop()
@@ -473,7 +492,7 @@ def test_manual_ack_withholds_acks_when_the_handler_or_its_future_fails() -> Non
     async def go() -> None:
         loop = asyncio.get_running_loop()
         failing, cancelled = loop.create_future(), loop.create_future()
-        plan: list[Any] = [failing, failing, cancelled, "raise"]
+        plan: list[Any] = [failing, failing, cancelled, "raise", 42]
         calls = iter(plan)
 
         def handler(_t: str, _p: bytes, _q: int) -> Any:
@@ -483,13 +502,13 @@ def test_manual_ack_withholds_acks_when_the_handler_or_its_future_fails() -> Non
             return nxt
 
         wired = Wired(MqttOptions(manual_ack=True), handler, v5=False)
-        wired.feed(_qos1([1, 2, 3, 4], v5=False))
+        wired.feed(_qos1([1, 2, 3, 4, 5], v5=False))
         failing.set_exception(OSError("spool full"))
         cancelled.cancel()
         await asyncio.sleep(0)
         await asyncio.sleep(0)
         assert wired.transport.written == b""
-        assert wired.stats_owner.stats.acks_refused == 4
+        assert wired.stats_owner.stats.acks_refused == 5
         failing.exception()  # retrieved: no "never retrieved" warning
 
     asyncio.run(go())
