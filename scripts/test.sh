@@ -10,6 +10,9 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=
 command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 command -v victoria-metrics >/dev/null 2>&1 || need_apt+=(victoria-metrics)
 command -v influxd >/dev/null 2>&1 || need_apt+=(influxdb)
+command -v prometheus-alertmanager >/dev/null 2>&1 || need_apt+=(prometheus-alertmanager)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing Debian packages: ${need_apt[*]}"
   SUDO=""
@@ -18,16 +21,14 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
   # The packages start their own services on the default ports; the tests start
   # private instances on free ports and do not need them.
-  for svc in mosquitto influxdb victoria-metrics; do
+  for svc in mosquitto influxdb victoria-metrics prometheus-alertmanager; do
     $SUDO systemctl stop "$svc" >/dev/null 2>&1 || true
   done
 fi
 
 PY="${PYTHON:-python3}"
-if ! "$PY" -c "import urbanpulse, gmqtt, hypothesis, mypy, ruff, testcontainers" >/dev/null 2>&1; then
-  echo "== installing Python dependencies"
-  "$PY" -m pip install -q -e '.[dev]'
-fi
+echo "== Python dependencies (pip install -e '.[dev]')"
+"$PY" -m pip install -q -e '.[dev]' 2>&1 | grep -v "Running pip as the 'root' user" || true
 
 echo "== ruff"
 "$PY" -m ruff check .
