@@ -28,7 +28,7 @@ fi
 
 PY="${PYTHON:-python3}"
 echo "== Python dependencies (pip install -e '.[dev]')"
-"$PY" -m pip install -q -e '.[dev]' 2>&1 | grep -v "Running pip as the 'root' user" || true
+"$PY" -m pip install -q --root-user-action=ignore -e '.[dev]'
 
 echo "== ruff"
 "$PY" -m ruff check .
