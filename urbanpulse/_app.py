@@ -10,6 +10,7 @@ from pathlib import Path
 from ingest._buffer import BufferOptions
 from ingest._decode import DecodeOptions
 from ingest._mqtt import BackoffOptions, MqttClient, MqttOptions, TlsOptions
+from ingest._shard import ShardFilter, ShardSpec
 from outputs._files import LineProtocolFileWriter
 from outputs._influx import (
     InfluxV1Options,
@@ -34,6 +35,7 @@ __all__ = [
     "make_writer",
     "mqtt_options",
     "pipeline_options",
+    "shard_settings",
     "sim_options",
 ]
 
@@ -176,10 +178,35 @@ def build_pipeline(
     pipeline_writer = writer if writer is not None else make_writer(s.output)
     pipeline = Pipeline(opts, writer=pipeline_writer)
     durable = opts.spool is not None and m.qos == 1
+    shard = (
+        ShardFilter(ShardSpec.parse(m.shard, by=m.shard_by), topic_pattern=m.topic_pattern)
+        if m.shard is not None
+        else None
+    )
     pipeline.attach_mqtt(
-        MqttClient(mqtt_options(m, durable_acks=durable), subscriptions=pipeline.subscription)
+        MqttClient(mqtt_options(m, durable_acks=durable), subscriptions=pipeline.subscription),
+        shard=shard,
     )
     return pipeline
+
+
+def shard_settings(s: Settings) -> Settings:
+    """With ``mqtt.shard`` set: this shard's own client id, spool and state directory.
+
+    A ``shard-k-of-N`` suffix is appended to ``mqtt.client_id`` (when one is set)
+    and a ``shard-k-of-N`` subdirectory is used under ``spool.directory`` and
+    ``state_dir``, so N processes started from one config never share a broker
+    session or a journal. Without ``mqtt.shard``: ``s`` unchanged.
+    """
+    if s.mqtt.shard is None:
+        return s
+    suffix = ShardSpec.parse(s.mqtt.shard).suffix
+    mqtt = s.mqtt
+    if mqtt.client_id is not None:
+        mqtt = mqtt.model_copy(update={"client_id": f"{mqtt.client_id}-{suffix}"})
+    spool = s.spool.model_copy(update={"directory": s.spool.directory / suffix})
+    state_dir = s.state_dir / suffix if s.state_dir is not None else None
+    return s.model_copy(update={"mqtt": mqtt, "spool": spool, "state_dir": state_dir})
 
 
 def sim_options(

@@ -83,6 +83,18 @@ class MqttSettings(_Section):
     #: Refused messages are republished under this prefix + /<reason>/<topic>.
     deadletter_prefix: str = "urbanpulse/_deadletter"
     deadletter_qos: int = Field(0, ge=0, le=1)
+    #: "k/N": keep only shard k of N (docs/scaling.md); None: every message.
+    shard: str | None = None
+    #: The shard key: the whole topic (one sensor) or the topic up to {district}.
+    shard_by: Literal["topic", "district"] = "topic"
+
+    @model_validator(mode="after")
+    def _shard(self) -> MqttSettings:
+        if self.shard is not None:
+            from ingest._shard import ShardSpec
+
+            object.__setattr__(self, "shard", str(ShardSpec.parse(self.shard)))
+        return self
 
     @model_validator(mode="after")
     def _secrets(self) -> MqttSettings:

@@ -24,6 +24,7 @@ from ingest._buffer import BufferOptions, MessageBuffer, RawBatch
 from ingest._deadletter import DeadLetterSink
 from ingest._decode import DecodeOptions, NativeJsonDecoder
 from ingest._mqtt import MqttClient
+from ingest._shard import ShardFilter
 from ingest._topics import TopicPattern
 from outputs._eventlines import encode_events, encode_index_rows
 from outputs._influx import LineWriter
@@ -139,6 +140,7 @@ class Pipeline:
             loader=self._load_bodies if self.spool else None,
         )
         self.mqtt: MqttClient | None = None
+        self.shard: ShardFilter | None = None
         self.bus = EventBus()
         self.indices = IndexTracker(self.registry, clock=self.clock)
         self.detectors = (
@@ -171,10 +173,13 @@ class Pipeline:
                 filters.append(rule.topic_filter)
         return tuple((f, self.options.subscribe_qos) for f in filters)
 
-    def attach_mqtt(self, client: MqttClient) -> None:
-        """Feed this pipeline from ``client`` and send dead-letter copies through it."""
+    def attach_mqtt(self, client: MqttClient, *, shard: ShardFilter | None = None) -> None:
+        """Feed this pipeline from ``client`` and send dead-letter copies through it.
+
+        With ``shard``, messages of other shards are acknowledged and skipped."""
         self.mqtt = client
-        client.set_handler(self.buffer.add)
+        self.shard = shard
+        client.set_handler(shard.wrap(self.buffer.add) if shard is not None else self.buffer.add)
         qos = self.options.deadletter_qos
 
         def publish(topic: str, payload: bytes) -> bool:
@@ -633,6 +638,8 @@ class Pipeline:
         if self.mqtt is not None:
             out["mqtt_connected"] = self.mqtt.connected
             out["mqtt_reconnects"] = max(0, self.mqtt.stats.connects - 1)
+        if self.shard is not None:
+            out["shard"] = {"spec": str(self.shard.spec), "skipped": self.shard.skipped}
         return out
 
     def log_stats(self, label: str = "stats") -> None:

@@ -23,6 +23,15 @@ __all__ = ["main"]
 log = logging.getLogger("urbanpulse")
 
 
+def _shard_arg(text: str) -> str:
+    from ingest._shard import ShardSpec
+
+    try:
+        return str(ShardSpec.parse(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="urbanpulse",
@@ -34,7 +43,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("run", help="the production pipeline against the configured broker and output")
+    run = sub.add_parser(
+        "run", help="the production pipeline against the configured broker and output"
+    )
+    run.add_argument(
+        "--shard",
+        type=_shard_arg,
+        metavar="k/N",
+        help="keep only shard k of N of the sensors (docs/scaling.md; overrides mqtt.shard)",
+    )
+    run.add_argument(
+        "--shard-by",
+        choices=("topic", "district"),
+        help="shard key: the sensor's topic (default) or its district",
+    )
 
     demo = sub.add_parser(
         "demo",
@@ -103,6 +125,18 @@ def _install_signals(stop: Any) -> None:
 
 
 # -- run ---------------------------------------------------------------------------------
+def _shard_overrides(settings: Settings, args: argparse.Namespace) -> Settings:
+    """``run --shard k/N --shard-by KEY`` over ``mqtt.shard`` / ``mqtt.shard_by``."""
+    update: dict[str, str] = {}
+    if getattr(args, "shard", None) is not None:
+        update["shard"] = args.shard
+    if getattr(args, "shard_by", None) is not None:
+        update["shard_by"] = args.shard_by
+    if not update:
+        return settings
+    return settings.model_copy(update={"mqtt": settings.mqtt.model_copy(update=update)})
+
+
 async def _run(settings: Settings) -> int:
     from urbanpulse._app import build_pipeline
 
@@ -114,6 +148,7 @@ async def _run(settings: Settings) -> int:
             "broker": f"{settings.mqtt.host}:{settings.mqtt.port}",
             "subscription": pipeline.pattern.subscription,
             "output": settings.output.kind,
+            "shard": settings.mqtt.shard,
         },
     )
     await pipeline.run()
@@ -452,6 +487,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _config_check(args.file)
         settings = load_settings(args.config)
         setup_logging(settings.log.level, settings.log.format)
+        if args.command in ("run", "spool"):
+            from urbanpulse._app import shard_settings
+
+            settings = shard_settings(_shard_overrides(settings, args))
         if args.command == "run":
             return asyncio.run(_run(settings))
         if args.command == "sim":
