@@ -1,0 +1,456 @@
+"""The web server of the pipeline process: probes, metrics, JSON API, live dashboard."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import importlib.resources
+import ipaddress
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ingest._buffer import RawBatch
+from urbanpulse._clock import Clock
+from urbanpulse._errors import ConfigError, UrbanPulseError
+from urbanpulse._pipeline import Pipeline, ProcessResult
+from web._http import (
+    HttpError,
+    Request,
+    Response,
+    StreamResponse,
+    read_request,
+    response_head,
+    write_response,
+)
+from web._live import LiveOptions, LiveState, event_json
+from web._metrics import Exposition, Histogram, render_pipeline_metrics
+from web._openapi import OPENAPI
+from web._registry import SensorDirectory, load_sensor_directory
+
+__all__ = ["WebOptions", "WebServer", "is_loopback"]
+
+log = logging.getLogger("urbanpulse.web")
+
+_TOKEN_COOKIE = "urbanpulse_token"
+#: The page loads nothing from elsewhere: no tiles, fonts or CDN.
+_CSP = "default-src 'self' 'unsafe-inline'; img-src 'self' data:"
+_BATCH_BOUNDS = (1, 10, 50, 100, 500, 1000, 5000, 10_000, 50_000)
+_LATENCY_BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebOptions:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8080
+    #: Bearer token; required when ``host`` is not a loopback address. When set it
+    #: is enforced on every path except ``/healthz``, whatever the address.
+    token: str | None = None
+    #: Sensor registry: CSV, GeoJSON, or a simulator city file (outlines too).
+    sensors_file: Path | None = None
+    #: How often the live stream sends the (coalesced) changes.
+    sse_interval_s: float = 0.5
+    #: Live-stream messages queued per client before it is dropped as too slow
+    #: (its browser reconnects and gets a fresh snapshot).
+    sse_max_queued: int = 8
+    max_sse_clients: int = 64
+    request_timeout_s: float = 10.0
+    live: LiveOptions = field(default_factory=LiveOptions)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"web.port must be 0-65535, got {self.port}")
+        if self.sse_interval_s <= 0:
+            raise ConfigError("web.sse_interval_s must be positive")
+        if self.token is not None and len(self.token) < 16:
+            raise ConfigError("web.token must be at least 16 characters")
+        if self.token is None and not is_loopback(self.host):
+            raise ConfigError(
+                f"web.host {self.host!r} is reachable beyond this machine: set web.token "
+                f"(a bearer token of 16+ characters) or bind to 127.0.0.1"
+            )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+class _Client:
+    def __init__(self) -> None:
+        self.queue: list[bytes] = []
+        self.ready = asyncio.Event()
+        self.dropped = False
+
+
+def _sse(event: str, doc: Any) -> bytes:
+    data = json.dumps(doc, separators=(",", ":"), allow_nan=False)
+    return f"event: {event}\ndata: {data}\n\n".encode()
+
+
+class WebServer:
+    """Serves ``pipeline`` over HTTP.
+
+    Construction hooks the server into the pipeline: every processed micro-batch
+    is folded into the live state (``LiveState``) and timed, and the server
+    subscribes to the event bus. ``serve()`` runs until cancelled.
+    """
+
+    def __init__(
+        self,
+        options: WebOptions,
+        pipeline: Pipeline,
+        *,
+        directory: SensorDirectory | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.options = options
+        self.pipeline = pipeline
+        self.clock = clock or pipeline.clock
+        directory = directory or SensorDirectory.empty()
+        if options.sensors_file is not None:
+            directory = directory.merged(load_sensor_directory(options.sensors_file))
+        self.live = LiveState(
+            options.live, series=pipeline.registry, directory=directory, clock=self.clock
+        )
+        self.batch_sizes = Histogram(_BATCH_BOUNDS)
+        self.process_seconds = Histogram(_LATENCY_BOUNDS)
+        self.subscription = pipeline.bus.subscribe("web")
+        self._clients: set[_Client] = set()
+        self._server: asyncio.Server | None = None
+        self._tick_task: asyncio.Task[None] | None = None
+        self._new_events: list[dict[str, Any]] = []
+        self.sse_messages = 0
+        self.sse_dropped_clients = 0
+        self._original_process: Callable[[RawBatch], ProcessResult] = pipeline.process
+        setattr(pipeline, "process", self._process)  # noqa: B010 - instance hook, see docs
+
+    # -- pipeline hook
+
+    def _process(self, raw: RawBatch) -> ProcessResult:
+        started = time.perf_counter()
+        result = self._original_process(raw)
+        self.process_seconds.observe(time.perf_counter() - started)
+        self.batch_sizes.observe(len(raw))
+        self.live.observe(result.batch)
+        return result
+
+    def detach(self) -> None:
+        """Stop observing the pipeline (undo the hook, leave the bus)."""
+        if self.pipeline.__dict__.get("process") == self._process:
+            del self.pipeline.__dict__["process"]
+        with contextlib.suppress(ValueError):
+            self.pipeline.bus.unsubscribe(self.subscription)
+
+    # -- lifecycle
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise UrbanPulseError("web server not started")
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def start(self) -> None:
+        try:
+            self._server = await asyncio.start_server(
+                self._connection, self.options.host, self.options.port, limit=16 * 1024
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {self.options.host}:{self.options.port}: {exc}"
+            ) from exc
+        self._tick_task = asyncio.create_task(self._ticker(), name="web-live")
+        log.info(
+            "web server listening",
+            extra={"host": self.options.host, "port": self.port, "auth": bool(self.options.token)},
+        )
+
+    async def close(self) -> None:
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tick_task
+        for client in self._clients:
+            client.dropped = True
+            client.ready.set()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        self.detach()
+
+    async def serve(self) -> None:
+        """Start, then serve until cancelled; closes on the way out."""
+        await self.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.close()
+
+    # -- live updates
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.sse_interval_s)
+            self.tick()
+
+    def tick(self) -> bytes | None:
+        """Fold new events and changed sensors into one message for every client."""
+        events = self.subscription.get_nowait()
+        self.live.conditions.apply(events)
+        rows = self.live.take_dirty()
+        if not events and not rows.shape[0]:
+            return None
+        self.live.refresh_indices(self.pipeline.indices, rows)
+        doc = {
+            "now_ns": self.clock.now_ns(),
+            "sensors": self.live.sensor_rows(rows.tolist()),
+            "districts": self.live.district_rows(),
+            "events": [event_json(e) for e in events],
+        }
+        msg = _sse("update", doc)
+        self.sse_messages += 1
+        for client in list(self._clients):
+            if len(client.queue) >= self.options.sse_max_queued:
+                client.dropped = True
+                self.sse_dropped_clients += 1
+            else:
+                client.queue.append(msg)
+            client.ready.set()
+        return msg
+
+    def snapshot(self) -> dict[str, Any]:
+        live = self.live
+        live.refresh_indices(self.pipeline.indices, np.arange(len(live), dtype=np.int64))
+        return {
+            "now_ns": self.clock.now_ns(),
+            "sensors": live.sensor_rows(),
+            "districts": live.district_rows(),
+            "outlines": [
+                {"district": d.name, "outline": [list(p) for p in d.outline]}
+                for d in live.directory.districts.values()
+            ],
+            "events": [event_json(e) for e in live.conditions.feed],
+        }
+
+    async def _stream(self, writer: asyncio.StreamWriter) -> None:
+        client = _Client()
+        self._clients.add(client)
+        try:
+            writer.write(b"retry: 1000\n\n" + _sse("snapshot", self.snapshot()))
+            await writer.drain()
+            while not client.dropped:
+                try:
+                    await asyncio.wait_for(client.ready.wait(), 15.0)
+                except TimeoutError:
+                    writer.write(b": keep-alive\n\n")
+                    await writer.drain()
+                    continue
+                client.ready.clear()
+                items, client.queue = client.queue, []
+                if items:
+                    writer.write(b"".join(items))
+                    await writer.drain()
+        finally:
+            self._clients.discard(client)
+
+    # -- HTTP
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            try:
+                req = await read_request(reader, self.options.request_timeout_s)
+            except HttpError as exc:
+                await write_response(writer, Response.error(exc.status, str(exc)), head_only=False)
+                return
+            resp = self._route(req)
+            if isinstance(resp, StreamResponse):
+                writer.write(
+                    response_head(
+                        200,
+                        "text/event-stream",
+                        {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                        None,
+                    )
+                )
+                await resp.run(writer)
+            else:
+                await write_response(writer, resp, head_only=req.method == "HEAD")
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        except Exception:
+            log.exception("web request failed")
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    def _authorized(self, req: Request) -> bool:
+        token = self.options.token
+        if token is None:
+            return True
+        auth = req.headers.get("authorization", "")
+        if auth.startswith("Bearer ") and hmac.compare_digest(auth[7:].encode(), token.encode()):
+            return True
+        for part in req.headers.get("cookie", "").split(";"):
+            name, _, value = part.strip().partition("=")
+            if name == _TOKEN_COOKIE and hmac.compare_digest(value.encode(), token.encode()):
+                return True
+        return False
+
+    def _route(self, req: Request) -> Response | StreamResponse:
+        path = req.path.rstrip("/") or "/"
+        if path == "/healthz":
+            return Response.json(200, {"status": "alive"})
+        if req.method not in ("GET", "HEAD", "POST"):
+            return Response.error(405, f"method {req.method} not allowed")
+        if not self._authorized(req):
+            given = req.param("token")
+            token = self.options.token or ""
+            if path == "/" and given and hmac.compare_digest(given.encode(), token.encode()):
+                cookie = f"{_TOKEN_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/"
+                return Response(303, headers={"Location": "/", "Set-Cookie": cookie})
+            resp = Response.error(401, "a bearer token is required")
+            resp.headers["WWW-Authenticate"] = 'Bearer realm="urbanpulse"'
+            return resp
+        if req.method == "POST":
+            if path.startswith("/api/alerts/") and path.endswith(("/ack", "/silence")):
+                return Response.error(
+                    501, "acknowledging and silencing need the alerts package (not installed)"
+                )
+            return Response.error(405, "POST is only for alert actions")
+        if path == "/":
+            page = importlib.resources.files("web").joinpath("static/dashboard.html").read_bytes()
+            return Response(
+                200,
+                page,
+                "text/html; charset=utf-8",
+                {"Content-Security-Policy": _CSP},
+            )
+        if path == "/readyz":
+            return self._ready()
+        if path == "/metrics":
+            return Response(200, self.metrics_text().encode(), "text/plain; version=0.0.4")
+        if path == "/api/openapi.json":
+            return Response.json(200, OPENAPI)
+        if path == "/api/sensors":
+            return self._sensors(req)
+        if path.startswith("/api/sensors/"):
+            return self._sensor(path[len("/api/sensors/") :])
+        if path == "/api/districts":
+            self.live.refresh_indices(
+                self.pipeline.indices, np.arange(len(self.live), dtype=np.int64)
+            )
+            return Response.json(200, {"districts": self.live.district_rows()})
+        if path == "/api/alerts":
+            return self._alerts()
+        if path == "/api/events":
+            feed = [event_json(e) for e in self.live.conditions.feed]
+            return Response.json(200, {"events": feed})
+        if path == "/api/stream":
+            if len(self._clients) >= self.options.max_sse_clients:
+                return Response.error(503, "too many live-stream clients")
+            return StreamResponse(self._stream)
+        return Response.error(404, f"no such path: {path}")
+
+    def _ready(self) -> Response:
+        mqtt = self.pipeline.mqtt
+        broker = mqtt is not None and mqtt.connected
+        outputs = self.pipeline.stage.healthy
+        checks = {
+            "broker": "connected" if broker else ("no client" if mqtt is None else "disconnected"),
+            "outputs": "healthy" if outputs else "failing",
+        }
+        if not outputs:
+            checks["last_error"] = self.pipeline.stage.stats.last_error
+        ok = broker and outputs
+        return Response.json(200 if ok else 503, {"ready": ok, "checks": checks})
+
+    def _sensors(self, req: Request) -> Response:
+        live = self.live
+        self.live.refresh_indices(self.pipeline.indices, np.arange(len(live), dtype=np.int64))
+        rows = live.sensor_rows()
+        for name in ("kind", "district", "city"):
+            want = req.param(name)
+            if want is not None:
+                rows = [r for r in rows if r[name] == want]
+        registered = req.param("registered")
+        if registered in ("true", "false"):
+            rows = [r for r in rows if r["registered"] == (registered == "true")]
+        return Response.json(200, {"count": len(rows), "sensors": rows})
+
+    def _sensor(self, sensor_id: str) -> Response:
+        row = self.live.row_of(sensor_id)
+        if row is None:
+            return Response.error(404, f"unknown sensor {sensor_id!r}")
+        self.live.refresh_indices(self.pipeline.indices, np.array([row], np.int64))
+        doc = self.live.sensor_rows([row])[0]
+        doc["open_alerts"] = [
+            event_json(e) for e in self.live.conditions.open.values() if e.sensor_id == sensor_id
+        ]
+        return Response.json(200, doc)
+
+    def _alerts(self) -> Response:
+        items = []
+        for key, e in self.live.conditions.open.items():
+            doc = event_json(e)
+            doc["id"] = "|".join(str(k) for k in key)
+            items.append(doc)
+        items.sort(key=lambda d: (-["info", "warning", "critical"].index(d["severity"]), d["id"]))
+        return Response.json(
+            200,
+            {
+                "source": "events",
+                "note": "open conditions from detector events; acknowledge/silence return 501 "
+                "until the alerts package is installed",
+                "alerts": items,
+            },
+        )
+
+    def metrics_text(self) -> str:
+        p = self.pipeline
+        exp = Exposition()
+        render_pipeline_metrics(
+            exp,
+            p.snapshot_stats(),
+            buffered=len(p.buffer),
+            pending_bytes=p.stage.pending_bytes,
+            stage_healthy=p.stage.healthy,
+            write_seconds=p.stage.stats.write_seconds,
+            writes=p.stage.stats.writes,
+            mqtt_last_connected_ns=p.mqtt.stats.last_connected_ns if p.mqtt else None,
+        )
+        exp.histogram(
+            "urbanpulse_batch_size_messages",
+            "Messages per processed micro-batch.",
+            self.batch_sizes,
+        )
+        exp.histogram(
+            "urbanpulse_process_seconds",
+            "Time to decode, window and encode one micro-batch.",
+            self.process_seconds,
+        )
+        exp.gauge(
+            "urbanpulse_web_sse_clients", "Connected live-stream clients.", len(self._clients)
+        )
+        exp.counter("urbanpulse_web_sse_messages", "Live-stream updates sent.", self.sse_messages)
+        exp.counter(
+            "urbanpulse_web_events_dropped",
+            "Bus events the web subscription dropped (queue full).",
+            self.subscription.dropped,
+        )
+        exp.gauge("urbanpulse_web_sensors", "Sensors known to the dashboard.", len(self.live))
+        return exp.text()
