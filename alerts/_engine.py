@@ -339,7 +339,7 @@ class AlertEngine:
             self._alerts.pop(alert.fingerprint, None)
         else:
             alert.state = "resolved"
-            alert.ends_ns = self._clock.now_ns()
+            alert.ends_ns = max(self._clock.now_ns(), alert.starts_ns)
             alert.resolved_s = now_s
             self.stats.resolved += 1
         if series.alert is alert:

@@ -246,7 +246,7 @@ def test_flapping_holds_state_until_quiet() -> None:
     eng = engine(clock, life=life, route=route)
     sent: list[str] = []
     for state in ("start", "end", "start", "end", "start", "end", "start", "end"):
-        eng.ingest([ev(state)])  # type: ignore[arg-type]
+        eng.ingest([ev(state)])
         sent += [n.status for n in eng.tick()]
         clock.advance(10)
     # start, end, start notified; the 4th transition holds the (firing) alert
