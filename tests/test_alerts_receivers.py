@@ -354,7 +354,7 @@ def test_mqtt_retained_state_set_then_cleared(mosquitto: MosquittoServer, tmp_pa
 
     def retained() -> dict[str, bytes]:
         got: dict[str, bytes] = {}
-        client = paho.Client(CallbackAPIVersion.VERSION2)
+        client: Any = paho.Client(CallbackAPIVersion.VERSION2)  # type: ignore[arg-type, unused-ignore]
         client.on_message = lambda _c, _u, msg: got.__setitem__(msg.topic, bytes(msg.payload))
         client.connect(mosquitto.host, mosquitto.port)
         client.subscribe(f"{prefix}/#", qos=1)
