@@ -31,6 +31,7 @@ _REASONS = {
     408: "Request Timeout",
     413: "Content Too Large",
     431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
     501: "Not Implemented",
     503: "Service Unavailable",
 }

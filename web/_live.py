@@ -357,8 +357,11 @@ class LiveState:
                     "aqi_category": aqi_cat,
                     "congestion": (float(n_jam[j] / n_traffic[j]) if n_traffic[j] else None),
                     "traffic_stations": int(n_traffic[j]),
-                    "open_alerts": alerts.get((city, name), 0)
-                    + (alerts.get(("", name), 0) if city else 0),
+                    "open_alerts": sum(
+                        n
+                        for (a_city, a_name), n in alerts.items()
+                        if a_name == name and (a_city == city or "" in (a_city, city))
+                    ),
                 }
             )
         return out

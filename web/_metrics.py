@@ -72,10 +72,12 @@ class Exposition:
         help_text: str,
         values: Iterable[tuple[Mapping[str, str], float]],
     ) -> None:
+        # Text format 0.0.4: a counter's family is named as its samples (``_total``).
+        if kind == "counter":
+            name += "_total"
         self._head(name, kind, help_text)
-        suffix = "_total" if kind == "counter" else ""
         for labels, value in values:
-            self._lines.append(f"{name}{suffix}{self._labels(labels)} {_num(value)}")
+            self._lines.append(f"{name}{self._labels(labels)} {_num(value)}")
 
     def counter(self, name: str, help_text: str, value: float, **labels: str) -> None:
         self.sample(name, "counter", help_text, [(labels, value)])

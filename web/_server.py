@@ -276,7 +276,11 @@ class WebServer:
             except HttpError as exc:
                 await write_response(writer, Response.error(exc.status, str(exc)), head_only=False)
                 return
-            resp = self._route(req)
+            try:
+                resp = self._route(req)
+            except Exception:
+                log.exception("web request failed", extra={"path": req.path})
+                resp = Response.error(500, "internal error (logged)")
             if isinstance(resp, StreamResponse):
                 writer.write(
                     response_head(
