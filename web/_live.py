@@ -140,6 +140,7 @@ class LiveState:
         self.aqi_cat = np.full(n, -1, np.int8)
         self.dirty = np.zeros(n, np.bool_)
         self.ispu_pollutants: tuple[str, ...] = ()
+        self._was_dead: NDArray[np.bool_] = np.empty(0, np.bool_)
         for rec in directory.sensors.values():
             self._row(rec.sensor_id, "", rec.district, rec.kind)
 
@@ -242,9 +243,15 @@ class LiveState:
         self.aqi[rows], self.aqi_cat[rows] = r_aqi.index, r_aqi.category
 
     def take_dirty(self) -> NDArray[np.int64]:
+        """Rows changed since the last call: new readings, or gone dead / come back."""
         n = len(self.ids)
-        rows = np.flatnonzero(self.dirty[:n]).astype(np.int64)
+        dead = self.dead()
+        was = np.zeros(n, np.bool_)
+        m = min(n, self._was_dead.shape[0])
+        was[:m] = self._was_dead[:m]
+        rows = np.flatnonzero(self.dirty[:n] | (dead != was)).astype(np.int64)
         self.dirty[rows] = False
+        self._was_dead = dead
         return rows
 
     # -- views
