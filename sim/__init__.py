@@ -1,5 +1,9 @@
 """Deterministic smart-city sensor simulator: a fleet, its values, native payloads, pacing.
 
+Air sensors speak native JSON or, with ``SimOptions.payload_format``, SenML,
+Sensor.Community (airrohr) or The Things Stack v3 (``codec_rules_for`` gives
+the ingest rules that decode them).
+
 ``Simulator(options, clock).messages(n)`` gives a deterministic list of
 ``(topic, payload)`` without a broker; ``run_simulation`` publishes them at a
 target rate through any ``Publisher``. Cities come from built-in tables or
@@ -30,11 +34,23 @@ from sim._groundtruth import (
     write_labels,
 )
 from sim._payloads import (
+    PAYLOAD_FORMATS,
+    PPB_PER_UGM3,
+    PayloadFormat,
     TimestampFormat,
+    airrohr_chip_ids,
+    codec_rules_for,
     encode_air,
+    encode_air_airrohr,
+    encode_air_senml,
+    encode_air_ttn,
     encode_traffic,
     format_fixed,
+    format_streams,
     format_timestamps,
+    format_topics,
+    radio_noise,
+    wire_sensor_ids,
 )
 from sim._replay import Recording, Replayer, read_csv, read_line_protocol, run_replay
 from sim._runner import (
@@ -57,6 +73,7 @@ from sim._scenario import (
     HazeFault,
     IncidentFault,
     OutOfRangeFault,
+    PowerFault,
     Scenario,
     SpikeFault,
     StuckFault,
@@ -82,6 +99,8 @@ __all__ = [
     "EXPECTED_DETECTORS",
     "FAULT_KINDS",
     "MODEL_NAMES",
+    "PAYLOAD_FORMATS",
+    "PPB_PER_UGM3",
     "WIB_OFFSET_S",
     "AirColumns",
     "CityInfo",
@@ -101,6 +120,8 @@ __all__ = [
     "Label",
     "MessageSource",
     "OutOfRangeFault",
+    "PayloadFormat",
+    "PowerFault",
     "Publisher",
     "Recording",
     "Replayer",
@@ -119,19 +140,27 @@ __all__ = [
     "TrafficColumns",
     "ValueModel",
     "WeatherColumns",
+    "airrohr_chip_ids",
     "bundled_cities",
     "city_fleet",
     "clip_labels",
+    "codec_rules_for",
     "compile_scenario",
     "encode_air",
+    "encode_air_airrohr",
+    "encode_air_senml",
+    "encode_air_ttn",
     "encode_traffic",
     "format_fixed",
+    "format_streams",
     "format_timestamps",
+    "format_topics",
     "load_city",
     "load_scenario",
     "local_hour",
     "pace",
     "pm_diurnal_factor",
+    "radio_noise",
     "random_scenario",
     "read_csv",
     "read_labels",
@@ -142,5 +171,6 @@ __all__ = [
     "score_detections",
     "traffic_demand",
     "weekday",
+    "wire_sensor_ids",
     "write_labels",
 ]

@@ -13,8 +13,13 @@ Per-model jitter moves the *reading time* of each slot by a hashed offset
 order); values, faults and labels all use the reading time. Clock skew then
 shifts only the timestamp written in the payload.
 
+Power faults act on the schedule too: a slot inside one is dropped with
+probability ``skip_fraction`` (a hash of the stream and slot) and its reading
+time is delayed by a hashed 0 to ``min(0.45 interval, interval - 2 jitter)``
+(so a stream's readings stay in order).
+
 Order of effects: air: haze (additive, ramped), fog (RH up to ``rh_pct``, PM x
-factor on low-cost nodes), spike, stuck, out of range; traffic: incident or
+factor on low-cost nodes), power (PM x factor), spike, stuck, out of range; traffic: incident or
 its upstream queue (worst severity wins), spike, stuck. Dropout removes
 readings; clock skew rewrites timestamps.
 """
@@ -38,6 +43,7 @@ from sim._scenario import (
     HazeFault,
     IncidentFault,
     OutOfRangeFault,
+    PowerFault,
     Scenario,
     SpikeFault,
     StuckFault,
@@ -54,7 +60,9 @@ _F64 = NDArray[np.float64]
 _MS: Final = 1_000_000
 
 # Span codes, in the order their effects are applied.
-HAZE, FOG, INCIDENT, SPIKE, STUCK, OUT_OF_RANGE, DROPOUT, SKEW = range(8)
+HAZE, FOG, INCIDENT, SPIKE, STUCK, OUT_OF_RANGE, DROPOUT, SKEW, POWER = range(9)
+#: Share of an interval a power fault may delay a reading (less twice the jitter).
+_POWER_DELAY: Final = 0.45
 _METRIC_BY_FIELD: Final = {m.field: m for m in Metric}
 _AIR_ATTR: Final = {
     Metric.PM25: "pm25",
@@ -152,24 +160,59 @@ class FaultPlan:
     _traffic: _Spans
     _dropout: _Spans
     _skew: _Spans
+    #: Power faults: a = pm_factor, b = skip_fraction (stream, [lo, hi) of nominal slots).
+    _power: _Spans
+    #: Reporting interval per stream (power faults delay readings by a share of it).
+    interval_ns: _I64 | None = None
+
+    def _slot_key(self, stream: NDArray[np.intp], nominal_ns: _I64) -> NDArray[np.uint64]:
+        with np.errstate(over="ignore"):
+            return mix64(self.fleet.stream_key[stream] ^ (nominal_ns // _MS).astype(np.uint64))
 
     def reading_ns(self, stream: NDArray[np.intp], nominal_ns: _I64) -> _I64:
-        """Reading time of each nominal slot: the slot plus its hashed jitter (ms steps)."""
+        """Reading time of each nominal slot: the slot plus its hashed jitter (ms steps),
+        plus a power fault's delay."""
         j = self.jitter_ns[stream]
-        if not bool(j.any()):
-            return nominal_ns
-        with np.errstate(over="ignore"):
-            key = mix64(self.fleet.stream_key[stream] ^ (nominal_ns // _MS).astype(np.uint64))
-        u = unit_uniform(derive(key, 61)) * 2.0 - 1.0
-        return nominal_ns + np.rint(u * (j // _MS)).astype(np.int64) * _MS
+        out = nominal_ns
+        if bool(j.any()):
+            key = self._slot_key(stream, nominal_ns)
+            u = unit_uniform(derive(key, 61)) * 2.0 - 1.0
+            out = nominal_ns + np.rint(u * (j // _MS)).astype(np.int64) * _MS
+        if len(self._power) and self.interval_ns is not None:
+            rows, _ = self._power.hits(stream, nominal_ns)
+            if rows.shape[0]:
+                s = stream[rows]
+                interval = self.interval_ns[s]
+                room = np.minimum(
+                    np.floor(interval * _POWER_DELAY).astype(np.int64),
+                    interval - 2 * self.jitter_ns[s] - _MS,
+                )
+                u = unit_uniform(derive(self._slot_key(s, nominal_ns[rows]), 67))
+                delay = np.rint(u * (np.maximum(room, 0) // _MS)).astype(np.int64) * _MS
+                out = out.copy() if out is nominal_ns else out
+                out[rows] += delay
+        return out
 
     def kept(self, stream: NDArray[np.intp], t_ns: _I64) -> NDArray[np.bool_]:
-        """False for readings inside a dropout."""
+        """False for readings inside a dropout, or lost to a power fault's resets."""
         keep = np.ones(t_ns.shape[0], dtype=np.bool_)
         if len(self._dropout):
             rows, _ = self._dropout.hits(stream, t_ns)
             keep[rows] = False
+        if len(self._power):
+            rows, spans = self._power.hits(stream, t_ns)
+            if rows.shape[0]:
+                u = unit_uniform(derive(self._slot_key(stream[rows], t_ns[rows]), 71))
+                keep[rows[u < self._power.b[spans]]] = False
         return keep
+
+    def power_weak(self, stream: NDArray[np.intp], t_ns: _I64) -> NDArray[np.bool_]:
+        """True for readings taken during a power fault of their stream."""
+        weak = np.zeros(t_ns.shape[0], dtype=np.bool_)
+        if len(self._power):
+            rows, _ = self._power.hits(stream, t_ns)
+            weak[rows] = True
+        return weak
 
     def stamps(self, stream: NDArray[np.intp], t_ns: _I64) -> _I64:
         """Timestamps the sensors write: reading time plus any clock skew."""
@@ -201,6 +244,11 @@ class FaultPlan:
         if sel.any():
             r, s = rows[sel], spans[sel]
             cols.relative_humidity[r] = np.maximum(cols.relative_humidity[r], sp.b[s])
+            cols.pm25[r] *= sp.a[s]
+            cols.pm10[r] *= sp.a[s]
+        sel = code == POWER
+        if sel.any():
+            r, s = rows[sel], spans[sel]
             cols.pm25[r] *= sp.a[s]
             cols.pm10[r] *= sp.a[s]
         np.minimum(cols.pm25, 999.9, out=cols.pm25)
@@ -308,6 +356,7 @@ def compile_scenario(
         _traffic=_Builder().build(()),
         _dropout=_Builder().build(()),
         _skew=_Builder().build(()),
+        _power=_Builder().build(()),
     )
 
     streams_of: dict[str, list[int]] = {}
@@ -423,16 +472,25 @@ def compile_scenario(
             lo, hi = f.span_ns(origin)
             b.add(st, lo, hi, SKEW, a=float(round(f.offset_s * 1000) * _MS))
             label(st[0], "clock_skew", lo, hi, n)
+        elif isinstance(f, PowerFault):
+            st = sensor_streams(n, f.sensor_id)
+            if not is_air[st[0]]:
+                raise ConfigError(f"faults[{n}]: power needs an air sensor")
+            lo, hi = f.span_ns(origin)
+            b.add(st, lo, hi, POWER, a=f.pm_factor, b=f.skip_fraction)
+            label(st[0], "power", lo, hi, n)
         else:  # pragma: no cover - the union is closed
             raise ConfigError(f"faults[{n}]: unknown kind")
     return FaultPlan(
         fleet=fleet,
         labels=tuple(labels),
         jitter_ns=jitter_ns.astype(np.int64),
-        _air=b.build((HAZE, FOG, SPIKE, STUCK, OUT_OF_RANGE)),
+        _air=b.build((HAZE, FOG, POWER, SPIKE, STUCK, OUT_OF_RANGE)),
         _traffic=b.build((INCIDENT, SPIKE, STUCK)),
         _dropout=b.build((DROPOUT,)),
         _skew=b.build((SKEW,)),
+        _power=b.build((POWER,)),
+        interval_ns=interval.astype(np.int64),
     )
 
 

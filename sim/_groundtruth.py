@@ -28,6 +28,12 @@ congestion      congestion               the queue of an incident reaching an up
                                          station on the same corridor (derived label)
 clock_skew      (none)                   ``dateObserved`` shifted; behaviour, not a
                                          detection target
+power           (none)                   weak battery: PM x ``pm_factor``, slots lost and
+                                         readings late (irregular intervals); no
+                                         UrbanPulse detector targets it (nothing reads
+                                         battery voltage or cadence); a PM step may
+                                         trip ``spike`` and long gaps ``dead``, which
+                                         score as false positives outside other labels
 =============== ======================== ==============================================
 
 Per-model timestamp jitter is behaviour too and has no label (it is fleet-wide).
@@ -67,6 +73,7 @@ EXPECTED_DETECTORS: Final[Mapping[str, tuple[str, ...]]] = {
     "incident": ("incident", "congestion"),
     "congestion": ("congestion",),
     "clock_skew": (),
+    "power": (),
 }
 FAULT_KINDS: Final[tuple[str, ...]] = tuple(EXPECTED_DETECTORS)
 

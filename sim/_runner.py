@@ -38,19 +38,34 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
 from sim._cities import bundled_cities, city_fleet, load_city
 from sim._faults import FaultPlan, compile_scenario
-from sim._fleet import CITIES, MODEL_REFERENCE, Fleet
+from sim._fleet import CITIES, MODEL_REFERENCE, Fleet, derive, unit_uniform
 from sim._groundtruth import EXPECTED_DETECTORS, Label
-from sim._payloads import TimestampFormat, encode_air, encode_traffic
+from sim._payloads import (
+    PAYLOAD_FORMATS,
+    PayloadFormat,
+    TimestampFormat,
+    airrohr_chip_ids,
+    codec_rules_for,
+    encode_air,
+    encode_air_airrohr,
+    encode_air_senml,
+    encode_air_ttn,
+    encode_traffic,
+    format_streams,
+    format_topics,
+    radio_noise,
+    wire_sensor_ids,
+)
 from sim._scenario import Scenario, load_scenario
-from sim._values import ValueModel
+from sim._values import AirColumns, ValueModel
 from urbanpulse._clock import Clock
 from urbanpulse._errors import ConfigError
 from urbanpulse._schema import Kind
@@ -106,6 +121,9 @@ class SimOptions:
     city_file: str | None = None
     #: A scenario file (see ``sim._scenario``): faults applied to the run.
     scenario_file: str | None = None
+    #: What air sensors send: native JSON or a commodity format (``sim._payloads``;
+    #: ``codec_rules_for`` gives the ingest rules that decode it). Traffic stays native.
+    payload_format: PayloadFormat = "native"
 
     def __post_init__(self) -> None:
         if self.qos not in (0, 1, 2):
@@ -124,6 +142,11 @@ class SimOptions:
             raise ConfigError(f"duration_s must be positive, got {self.duration_s}")
         if self.ts_format not in ("epoch_s", "iso"):
             raise ConfigError(f"ts_format must be 'epoch_s' or 'iso', got {self.ts_format!r}")
+        if self.payload_format not in PAYLOAD_FORMATS:
+            raise ConfigError(
+                f"payload_format must be one of {', '.join(PAYLOAD_FORMATS)}, "
+                f"got {self.payload_format!r}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,18 +247,71 @@ class Simulator:
             None if o.duration_s is None else self.start_ns + round(o.duration_s * o.speed * 1e9)
         )
         self._remaining = o.count
-        self._topics = np.array(self.fleet.topics(o.prefix), dtype=object)
+        fmt = o.payload_format
+        self._topics = np.array(format_topics(self.fleet, fmt, o.prefix), dtype=object)
         self._is_air = self.fleet.kind == Kind.AIR
+        #: Streams sending ``payload_format`` (the others send native JSON).
+        self._in_format = format_streams(self.fleet, fmt)
+        self._wire: dict[str, str] = {}
+        self._stream_text: dict[str, NDArray[np.object_]] = {}
+        self._setup_format(fmt)
         self._full = self.fleet.model == MODEL_REFERENCE
         self._streams = np.arange(n, dtype=np.intp)
         #: Messages produced so far and the event time of the last one.
         self.emitted = 0
         self.last_event_ns = 0
 
+    def _setup_format(self, fmt: PayloadFormat) -> None:
+        """Per-stream texts and radio parameters of the payload format."""
+        fleet = self.fleet
+        key = fleet.stream_key
+        text = self._stream_text
+        self._base_rssi: NDArray[np.float64] = np.zeros(fleet.n_streams)
+        self._base_battery: NDArray[np.float64] = np.zeros(fleet.n_streams)
+        if fmt == "senml":
+            text["bn"] = _object_array([f"urn:dev:urbanpulse:{s}:" for s in fleet.sensor_id])
+        elif fmt == "airrohr":
+            text["chip"] = _object_array(airrohr_chip_ids(fleet))
+            wire = wire_sensor_ids(fleet, fmt)
+            self._wire = {a: b for a, b in zip(fleet.sensor_id, wire, strict=True) if a != b}
+            # WiFi RSSI -85..-50 dBm per node.
+            self._base_rssi[:] = np.rint(-85.0 + 35.0 * unit_uniform(derive(key, 903)))
+        elif fmt == "ttn":
+            text["device"] = _object_array(list(fleet.sensor_id))
+            text["app"] = _object_array(
+                [f"{fleet.city}-{fleet.district(i)}" for i in range(fleet.n_streams)]
+            )
+            text["gateway"] = _object_array(
+                [f"gw-{fleet.district(i)}" for i in range(fleet.n_streams)]
+            )
+            eui = (derive(key, 905) & np.uint64(0xFFFFFF)).tolist()
+            text["eui"] = _object_array([f"70B3D57ED0{e:06X}" for e in eui])
+            # LoRa RSSI -118..-75 dBm per node; a healthy Li-ion cell 3.95-4.15 V.
+            self._base_rssi[:] = np.rint(-118.0 + 43.0 * unit_uniform(derive(key, 903)))
+            self._base_battery[:] = 3.95 + 0.2 * unit_uniform(derive(key, 904))
+
     @property
     def labels(self) -> tuple[Label, ...]:
-        """Ground truth of the scenario (empty without one), in scenario order."""
-        return () if self.plan is None else self.plan.labels
+        """Ground truth of the scenario (empty without one), in scenario order.
+
+        Sensor ids are those the pipeline sees (``esp8266-<chip>`` for airrohr nodes).
+        """
+        if self.plan is None:
+            return ()
+        if not self._wire:
+            return self.plan.labels
+        wire = self._wire
+        return tuple(
+            replace(lb, sensor_id=wire.get(lb.sensor_id, lb.sensor_id)) for lb in self.plan.labels
+        )
+
+    def codec_rules(self) -> list[dict[str, Any]]:
+        """The ``[[ingest.codecs]]`` rules that decode this run (``codec_rules_for``)."""
+        return codec_rules_for(self.options.payload_format, self.fleet.city, self.fleet.districts)
+
+    def wire_sensor_ids(self) -> list[str]:
+        """Per stream, the sensor id the pipeline sees."""
+        return wire_sensor_ids(self.fleet, self.options.payload_format)
 
     @property
     def event_rate_per_s(self) -> float:
@@ -358,7 +434,24 @@ class Simulator:
             air_values = self._values.air(s, t, gases=full)
             if plan is not None:
                 plan.apply_air(s, t, air_values)
-            payloads[ai] = _objects(encode_air(stamp[ai], air_values, full=full, ts_format=fmt))
+            other = self._in_format[s]
+            native = np.flatnonzero(~other)
+            if native.shape[0] == s.shape[0]:
+                payloads[ai] = _objects(encode_air(stamp[ai], air_values, full=full, ts_format=fmt))
+            else:
+                if native.shape[0]:
+                    payloads[ai[native]] = _objects(
+                        encode_air(
+                            stamp[ai[native]],
+                            _rows(air_values, native),
+                            full=full[native],
+                            ts_format=fmt,
+                        )
+                    )
+                sel = np.flatnonzero(other)
+                payloads[ai[sel]] = _objects(
+                    self._encode_format(s[sel], t[sel], stamp[ai[sel]], _rows(air_values, sel))
+                )
         ti = np.flatnonzero(~air)
         if ti.shape[0]:
             s, t = sid[ti], ts_ns[ti]
@@ -369,6 +462,63 @@ class Simulator:
                 encode_traffic(stamp[ti], trf_values, lane=self.fleet.lane[s], ts_format=fmt)
             )
         return list(zip(self._topics[sid].tolist(), payloads.tolist(), strict=True))
+
+    def _encode_format(
+        self,
+        s: NDArray[np.intp],
+        t: NDArray[np.int64],
+        stamp: NDArray[np.int64],
+        values: AirColumns,
+    ) -> list[bytes]:
+        """Air payloads in ``options.payload_format`` (not native) of streams ``s``."""
+        fmt = self.options.payload_format
+        text = self._stream_text
+        full = self._full[s]
+        if fmt == "senml":
+            return encode_air_senml(stamp, values, full=full, base_names=text["bn"][s].tolist())
+        noise = radio_noise(self.fleet, s, t)
+        jitter = np.rint(noise * 7.0 - 3.5).astype(np.int64)  # +-3 dB
+        rssi = np.minimum(self._base_rssi[s].astype(np.int64) + jitter, -1)
+        if fmt == "airrohr":
+            return encode_air_airrohr(values, chip_ids=text["chip"][s].tolist(), signal_dbm=rssi)
+        battery = self._base_battery[s] - 0.0005 * noise
+        if self.plan is not None:
+            weak = self.plan.power_weak(s, t)
+            # A failing cell under load: 3.30-3.45 V.
+            battery = np.where(weak, 3.30 + 0.15 * noise, battery)
+        snr = np.clip((rssi + 120.0) / 4.0 + noise * 2.0 - 1.0, -7.0, 11.0)
+        # The network's receive time: the reading time, without the device's clock skew.
+        return encode_air_ttn(
+            t,
+            values,
+            full=full,
+            device_ids=text["device"][s].tolist(),
+            application_ids=text["app"][s].tolist(),
+            dev_euis=text["eui"][s].tolist(),
+            gateway_ids=text["gateway"][s].tolist(),
+            battery_v=battery,
+            rssi_dbm=rssi,
+            snr_db=snr,
+        )
+
+
+def _rows(values: AirColumns, idx: NDArray[np.intp]) -> AirColumns:
+    return AirColumns(
+        pm25=values.pm25[idx],
+        pm10=values.pm10[idx],
+        no2=values.no2[idx],
+        o3=values.o3[idx],
+        co=values.co[idx],
+        so2=values.so2[idx],
+        temperature=values.temperature[idx],
+        relative_humidity=values.relative_humidity[idx],
+    )
+
+
+def _object_array(items: list[str]) -> NDArray[np.object_]:
+    out = np.empty(len(items), dtype=object)
+    out[:] = items
+    return out
 
 
 def _objects(items: list[bytes]) -> NDArray[np.object_]:

@@ -42,6 +42,13 @@ Kinds and their fields (every kind has ``start_s`` or ``start``; all but
   weaker (x exp(-2 distance / reach)).
 * ``clock_skew``: ``sensor_id``, ``offset_s``: ``dateObserved`` is off by
   this much (values are not).
+* ``power``: ``sensor_id`` (an air sensor), ``pm_factor`` (1.5),
+  ``skip_fraction`` (0.3): a weak battery or brown-out supply. PM2.5 and PM10
+  read ``pm_factor`` times high (the fan slows, the laser dims), a share
+  ``skip_fraction`` of the reporting slots is lost to resets, and the readings
+  that are sent come late by 0 to 0.45 of an interval (less any model jitter),
+  so the reporting intervals are irregular. TTN payloads carry a low
+  ``battery`` voltage meanwhile.
 """
 
 from __future__ import annotations
@@ -70,6 +77,7 @@ __all__ = [
     "HazeFault",
     "IncidentFault",
     "OutOfRangeFault",
+    "PowerFault",
     "Scenario",
     "SpikeFault",
     "StuckFault",
@@ -190,6 +198,13 @@ class ClockSkewFault(_Timed):
         return self
 
 
+class PowerFault(_Timed):
+    kind: Literal["power"] = "power"
+    sensor_id: str
+    pm_factor: Annotated[float, Field(ge=1.0, le=10.0)] = 1.5
+    skip_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.3
+
+
 Fault = Annotated[
     HazeFault
     | FogFault
@@ -198,7 +213,8 @@ Fault = Annotated[
     | DropoutFault
     | OutOfRangeFault
     | IncidentFault
-    | ClockSkewFault,
+    | ClockSkewFault
+    | PowerFault,
     Field(discriminator="kind"),
 ]
 
@@ -261,6 +277,8 @@ class FaultRates:
     clock_skew: float = 0.01
     fog: float = 0.1
     haze: float = 0.03
+    #: Low-cost air nodes only (reference stations have mains power).
+    power: float = 0.02
     #: Per-model timestamp jitter written into the scenario.
     jitter_s: dict[str, float] = field(default_factory=dict)
     #: Minimum quiet time between two faults of the same sensor (or district).
@@ -285,10 +303,11 @@ def random_scenario(
     Counts are Poisson with the given rates; starts are uniform over the
     period (fog prefers 02:00-07:00 WIB); faults of one sensor (and of one
     district) never overlap and keep ``rates.gap_s`` apart, so each label
-    stays attributable. Durations: stuck 1-6 h, dropout 15 min-4 h, out of
-    range 30 min-6 h, incident 20-90 min, clock skew 2-24 h (+-20-240 s),
-    fog 1-4 h, haze 12-48 h (+60-200 ug/m3). The scenario's origin is
-    ``start_ns`` (floored to the second), so it means the same instants
+    stays attributable. Power faults hit low-cost air nodes only. Durations:
+    stuck 1-6 h, dropout 15 min-4 h, out of range 30 min-6 h, incident 20-90
+    min, clock skew 2-24 h (+-20-240 s), fog 1-4 h, haze 12-48 h (+60-200
+    ug/m3), power 2-10 h (PM x1.3-2, 10-50 % of slots lost). The scenario's
+    origin is ``start_ns`` (floored to the second), so it means the same instants
     whatever run it is applied to.
     """
     if not days > 0:
@@ -384,8 +403,6 @@ def random_scenario(
         f = ClockSkewFault(sensor_id=sensors[i], start_s=float(t), duration_s=d, offset_s=off)
         drafts.append((int(i), float(t), float(t) + d, f))
 
-    faults: list[_Fault] = _no_overlap(drafts, r.gap_s)
-
     # District events: fog (early morning) and haze, not overlapping per district.
     district_drafts: list[tuple[int, float, float, _Fault]] = []
     n_d = len(fleet.districts)
@@ -421,6 +438,18 @@ def random_scenario(
             ramp_s=float(min(3600.0, dur / 4)),
         )
         district_drafts.append((d, t, t + dur, f3))
+    # Drawn last so that adding the kind left the other draws of a seed unchanged.
+    for i, t in zip(*draw(is_air & (models == MODEL_LOW_COST), r.power), strict=True):
+        d = float(rng.uniform(2 * 3600, 10 * 3600))
+        f = PowerFault(
+            sensor_id=sensors[i],
+            start_s=float(t),
+            duration_s=d,
+            pm_factor=float(rng.uniform(1.3, 2.0)),
+            skip_fraction=float(rng.uniform(0.1, 0.5)),
+        )
+        drafts.append((int(i), float(t), float(t) + d, f))
+    faults: list[_Fault] = _no_overlap(drafts, r.gap_s)
     faults += _no_overlap(district_drafts, r.gap_s)
     faults.sort(key=lambda f: (f.start_s or 0.0, f.kind))  # type: ignore[attr-defined]
     jitter = {k: v for k, v in r.jitter_s.items() if k in MODEL_NAMES}

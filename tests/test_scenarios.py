@@ -18,6 +18,7 @@ from sim import (
     FaultRates,
     Fleet,
     Label,
+    PowerFault,
     Scenario,
     SimOptions,
     Simulator,
@@ -530,7 +531,11 @@ def test_random_scenario_sprinkles_every_kind_without_overlap() -> None:
         "clock_skew",
         "fog",
         "haze",
+        "power",
     }
+    # Power faults only hit low-cost air nodes (reference stations have mains power).
+    low_cost = {fleet.sensor_id[i] for i in np.flatnonzero((fleet.kind == 0) & (fleet.model == 0))}
+    assert all(f.sensor_id in low_cost for f in a.faults if isinstance(f, PowerFault))
     # Sensor faults: about rate x sensors x days (less the overlaps dropped).
     spikes = sum(f.kind == "spike" for f in a.faults)
     assert 0.7 * 0.5 * 1000 * 3 < spikes <= 0.5 * 1000 * 3 * 1.1
