@@ -95,16 +95,27 @@ def _stats(p: PipelineProcess) -> dict[str, Any]:
     return stats or {}
 
 
-def _done(procs: list[PipelineProcess], shares: list[int]) -> bool:
+def _done(procs: list[PipelineProcess], shares: list[int], *, skip_only: bool) -> bool:
     for p, share in zip(procs, shares, strict=True):
         s = _stats(p)
+        if skip_only:
+            return int(s.get("shard", {}).get("skipped", 0)) >= share
         handled = int(s.get("messages_ok", 0)) + sum(s.get("dead_letters", {}).values())
         if handled < share or s.get("pending_points", 1) or s.get("pending_records", 1):
             return False
     return True
 
 
-def run_once(messages: list[Message], packets_dir: Path, shards: int, timeout_s: float) -> Run:
+def run_once(
+    messages: list[Message],
+    packets_dir: Path,
+    shards: int,
+    timeout_s: float,
+    *,
+    skip_only: bool = False,
+) -> Run:
+    """One configuration on fresh servers. ``skip_only``: ONE process, shard 1/2,
+    fed only shard 0's messages: what receiving and skipping a message costs."""
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         mq = MosquittoServer(tmp / "mq").start()
@@ -114,10 +125,12 @@ def run_once(messages: list[Message], packets_dir: Path, shards: int, timeout_s:
             env = _env(mq, vm, tmp)
             for k in range(shards):
                 extra = {"URBANPULSE_MQTT__SHARD": f"{k}/{shards}"} if shards > 1 else {}
+                if skip_only:
+                    extra = {"URBANPULSE_MQTT__SHARD": "1/2"}
                 procs.append(PipelineProcess({**env, **extra}).start())
             time.sleep(1.0)  # the subscriptions follow the CONNACK
             shares = [len(messages)] if shards == 1 else [0] * shards
-            if shards > 1:
+            if shards > 1 and not skip_only:
                 for topic, _ in messages:
                     shares[shard_of(topic, shards)] += 1
             packets = write_packets(messages, 1, packets_dir)
@@ -129,7 +142,7 @@ def run_once(messages: list[Message], packets_dir: Path, shards: int, timeout_s:
             meter.start()
             pub.go()
             deadline = time.monotonic() + timeout_s
-            while not _done(procs, shares):
+            while not _done(procs, shares, skip_only=skip_only):
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"not done: {[_stats(p) for p in procs]}")
                 time.sleep(0.02)
@@ -173,6 +186,15 @@ def main() -> None:
     messages = sim_messages(args.messages, rate_per_s=10_000.0)
     runs: list[Run] = []
     with tempfile.TemporaryDirectory() as d:
+        # The cost of a message of another shard: received, acknowledged, skipped.
+        other = [m for m in messages if shard_of(m[0], 2) == 0]
+        skip = run_once(other, Path(d), 1, args.timeout, skip_only=True)
+        print(
+            f"skip only: {skip.rate:,.0f} msg/s, "
+            f"{skip.us_per_msg(skip.pipeline_cpu_s):.1f} CPU µs per skipped message "
+            f"({skip.skipped:,} skipped, {skip.messages_ok} processed)",
+            flush=True,
+        )
         for _ in range(args.repeat):
             for n in (1, args.shards):
                 r = run_once(messages, Path(d), n, args.timeout)
