@@ -24,6 +24,7 @@ from alerts._config import (
     WebhookConfig,
 )
 from alerts._dispatch import AlertDispatcher, ReceiverStats
+from alerts._email import EmailReceiver, render_email
 from alerts._engine import (
     Alert,
     AlertEngine,
@@ -58,6 +59,7 @@ __all__ = [
     "AlertsConfig",
     "DiskQueue",
     "EmailConfig",
+    "EmailReceiver",
     "EngineStats",
     "LifecycleConfig",
     "Matcher",
@@ -77,6 +79,7 @@ __all__ = [
     "build_receivers",
     "fingerprint",
     "format_time",
+    "render_email",
     "sign",
 ]
 
@@ -96,6 +99,7 @@ def build_receivers(
         if publish is None:
             raise ConfigError("alerts: MQTT receivers need a publish callable")
         out += [MqttReceiver(c, publish) for c in config.mqtt]
+    out += [EmailReceiver(c) for c in config.emails]
     if extra is not None:
         out += extra(config)
     return out

@@ -214,6 +214,18 @@ class EmailConfig(_ReceiverBase):
     password: str = field(default="", repr=False)
     sender: str
     recipients: tuple[str, ...]
+    #: CA bundle to verify the server's certificate (empty: the system's).
+    ca_file: str = ""
+    #: Plain SMTP without STARTTLS is refused unless this is set (lab use only).
+    allow_plaintext: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.recipients:
+            raise ConfigError(f"email {self.name}: no recipients")
+        if not self.starttls and not self.allow_plaintext:
+            raise ConfigError(f"email {self.name}: starttls is off and allow_plaintext is not set")
+        if self.username and not self.starttls:
+            raise ConfigError(f"email {self.name}: will not send a password without STARTTLS")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
