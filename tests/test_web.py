@@ -325,6 +325,8 @@ def test_stream_sends_snapshot_then_coalesced_updates() -> None:
         assert b"text/event-stream" in head
         kind, snap = await _read_event(reader)
         assert kind == "snapshot"
+        assert len(snap["static"]["id"]) == len(snap["live"]["id"]) == len(server.live)
+        assert snap["ispu_categories"][0]["name"] == "Baik"
         assert {o["district"] for o in snap["outlines"]} == set(
             load_sensor_directory(CITY).districts
         )
@@ -336,8 +338,9 @@ def test_stream_sends_snapshot_then_coalesced_updates() -> None:
         assert server.tick() is None  # nothing new: nothing sent
         kind, upd = await _read_event(reader)
         assert kind == "update"
-        assert [s["id"] for s in upd["sensors"]] == ["aq-cikaso-01"]  # once, newest value
-        assert upd["sensors"][0]["values"]["pm25"] == 33.0
+        assert upd["live"]["id"] == ["aq-cikaso-01"]  # once, newest value
+        assert upd["live"]["values"]["pm25"] == [33.0]
+        assert upd["static"]["id"] == []  # nothing new to place on the map
         clock.advance(LiveOptions().dead_after_s + 1)
         doc = json.loads((await _get(port, "/api/sensors/aq-cikaso-01"))[2])
         assert doc["dead"] is True

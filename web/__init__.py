@@ -9,7 +9,13 @@ from web._http import HttpError, Request, Response
 from web._live import LiveOptions, LiveState, OpenConditions, event_json
 from web._metrics import Exposition, Histogram, render_pipeline_metrics
 from web._openapi import OPENAPI
-from web._registry import DistrictOutline, SensorDirectory, SensorRecord, load_sensor_directory
+from web._registry import (
+    DistrictOutline,
+    SensorDirectory,
+    SensorRecord,
+    directory_of_fleet,
+    load_sensor_directory,
+)
 from web._server import WebOptions, WebServer, is_loopback
 
 __all__ = [
@@ -27,6 +33,7 @@ __all__ = [
     "SensorRecord",
     "WebOptions",
     "WebServer",
+    "directory_of_fleet",
     "event_json",
     "is_loopback",
     "load_sensor_directory",

@@ -10,11 +10,12 @@ memory or a connection.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+import orjson
 
 __all__ = ["HttpError", "Request", "Response", "StreamResponse", "read_request", "write_response"]
 
@@ -65,8 +66,7 @@ class Response:
 
     @classmethod
     def json(cls, status: int, doc: Any) -> Response:
-        body = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
-        return cls(status, body, "application/json")
+        return cls(status, orjson.dumps(doc), "application/json")
 
     @classmethod
     def error(cls, status: int, message: str) -> Response:

@@ -18,9 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from sim._cities import city_fleet, load_city
+from sim._fleet import Fleet
 from urbanpulse._errors import ConfigError
 
-__all__ = ["DistrictOutline", "SensorDirectory", "SensorRecord", "load_sensor_directory"]
+__all__ = [
+    "DistrictOutline",
+    "SensorDirectory",
+    "SensorRecord",
+    "directory_of_fleet",
+    "load_sensor_directory",
+]
 
 _CSV_COLUMNS = ("id", "kind", "district", "lat", "lon")
 
@@ -148,10 +155,13 @@ def _load_geojson(path: Path, text: str) -> SensorDirectory:
     return SensorDirectory.of(records, outlines)
 
 
-def _load_city(path: Path) -> SensorDirectory:
-    city = load_city(path)
-    fleet = city_fleet(city, seed=0)
-    records = [
+def directory_of_fleet(fleet: Fleet) -> SensorDirectory:
+    """The simulator fleet's sensors as a registry (no outlines: built-in cities have none)."""
+    return SensorDirectory.of(_fleet_records(fleet))
+
+
+def _fleet_records(fleet: Fleet) -> list[SensorRecord]:
+    return [
         SensorRecord(
             sensor_id=s.sensor_id,
             kind=s.kind.label,
@@ -162,6 +172,11 @@ def _load_city(path: Path) -> SensorDirectory:
         )
         for s in fleet.sensors()
     ]
+
+
+def _load_city(path: Path) -> SensorDirectory:
+    city = load_city(path)
+    records = _fleet_records(city_fleet(city, seed=0))
     outlines = [
         DistrictOutline(name=d.name, outline=tuple((p[0], p[1]) for p in d.outline))
         for d in city.districts

@@ -7,17 +7,18 @@ import contextlib
 import hmac
 import importlib.resources
 import ipaddress
-import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
+import orjson
 
 from ingest._buffer import RawBatch
+from processors._indices import AQI_CATEGORIES, ISPU_CATEGORIES, LOS_LETTERS
 from urbanpulse._clock import Clock
 from urbanpulse._errors import ConfigError, UrbanPulseError
 from urbanpulse._pipeline import Pipeline, ProcessResult
@@ -96,8 +97,18 @@ class _Client:
 
 
 def _sse(event: str, doc: Any) -> bytes:
-    data = json.dumps(doc, separators=(",", ":"), allow_nan=False)
-    return f"event: {event}\ndata: {data}\n\n".encode()
+    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(doc) + b"\n\n"
+
+
+_VOCABULARY: Final = {
+    "ispu_categories": [
+        {"name": c.name, "name_en": c.name_en, "colour": c.colour} for c in ISPU_CATEGORIES
+    ],
+    "aqi_categories": [
+        {"name": c.name, "name_en": c.name_en, "colour": c.colour} for c in AQI_CATEGORIES
+    ],
+    "los_letters": list(LOS_LETTERS),
+}
 
 
 class WebServer:
@@ -131,7 +142,8 @@ class WebServer:
         self._clients: set[_Client] = set()
         self._server: asyncio.Server | None = None
         self._tick_task: asyncio.Task[None] | None = None
-        self._new_events: list[dict[str, Any]] = []
+        #: Rows whose static columns every stream client has (snapshot or update).
+        self._announced = 0
         self.sse_messages = 0
         self.sse_dropped_clients = 0
         self._original_process: Callable[[RawBatch], ProcessResult] = pipeline.process
@@ -212,15 +224,18 @@ class WebServer:
         events = self.subscription.get_nowait()
         self.live.conditions.apply(events)
         rows = self.live.take_dirty()
-        if not events and not rows.shape[0]:
+        n = len(self.live)
+        if not events and not rows.shape[0] and n == self._announced:
             return None
         self.live.refresh_indices(self.pipeline.indices, rows)
         doc = {
             "now_ns": self.clock.now_ns(),
-            "sensors": self.live.sensor_rows(rows.tolist()),
+            "static": self.live.static_columns(self._announced, n),
+            "live": self.live.live_columns(rows),
             "districts": self.live.district_rows(),
             "events": [event_json(e) for e in events],
         }
+        self._announced = n
         msg = _sse("update", doc)
         self.sse_messages += 1
         for client in list(self._clients):
@@ -235,9 +250,13 @@ class WebServer:
     def snapshot(self) -> dict[str, Any]:
         live = self.live
         live.refresh_indices(self.pipeline.indices, np.arange(len(live), dtype=np.int64))
+        n = len(live)
         return {
+            **_VOCABULARY,
             "now_ns": self.clock.now_ns(),
-            "sensors": live.sensor_rows(),
+            "pollutants": list(self.pipeline.indices.ispu_pollutants),
+            "static": live.static_columns(0, n),
+            "live": live.live_columns(np.arange(n, dtype=np.int64)),
             "districts": live.district_rows(),
             "outlines": [
                 {"district": d.name, "outline": [list(p) for p in d.outline]}
