@@ -292,6 +292,11 @@ def injected() -> tuple[Simulator, Series, Series, dict[str, str]]:
         "oor": pick(fleet, "aq", "pasirhalang", 1),
         "skew": pick(fleet, "aq", "pasirhalang", 2),
     }
+    who["power"] = next(
+        sid
+        for n in range(5)
+        if (sid := pick(fleet, "aq", "sukalaksana", n, model=0)) not in who.values()
+    )
     who["incident"], who["upstream"] = incident_pair(fleet)
     scenario = Scenario.model_validate(
         {
@@ -311,6 +316,8 @@ def injected() -> tuple[Simulator, Series, Series, dict[str, str]]:
                  "duration_s": 3600, "severity": 0.9, "reach_km": 3.0},
                 {"kind": "clock_skew", "sensor_id": who["skew"], "start_s": 14400,
                  "duration_s": 3600, "offset_s": 90},
+                {"kind": "power", "sensor_id": who["power"], "start_s": 3600,
+                 "duration_s": 7200, "pm_factor": 1.7, "skip_fraction": 0.3},
             ]
         }
     )  # fmt: skip
@@ -443,6 +450,47 @@ def test_clock_skew_shifts_only_timestamps(injected: Any) -> None:
         assert t == expect
         shifted += t != t0
     assert shifted == 60
+
+
+def test_power_fault_inflates_pm_and_makes_reporting_irregular(injected: Any) -> None:
+    sim, got, base, who = injected
+    (lb,) = labels_of(sim, "power")
+    assert (lb.sensor_id, lb.metric, lb.detectors) == (who["power"], "", ())
+    assert EXPECTED_DETECTORS["power"] == ()
+    rows = got[(who["power"], 0)]
+    ref = base[(who["power"], 0)]
+    fleet = sim.fleet
+    stream = fleet.sensor_id.index(who["power"])
+    interval_ms = int(fleet.interval_ns[stream]) // MS
+    inside_ref = [t for t, _ in ref if inside(t, lb)]
+    inside_got = [(t, b) for t, b in rows if inside(t, lb)]
+    # About 30 % of the slots lost to resets (120 slots: 22-50 lost).
+    assert len(inside_ref) == 120
+    assert 0.58 * 120 <= len(inside_got) <= 0.82 * 120
+    # Each reading sent is its slot's, late by 0-0.45 interval: irregular intervals.
+    slots = np.array(inside_ref)
+    times = np.array([t for t, _ in inside_got])
+    slot = slots[np.searchsorted(slots, times, side="right") - 1]
+    delay = times - slot
+    assert delay.min() >= 0
+    assert delay.max() <= 0.45 * interval_ms
+    assert len(set(delay.tolist())) > 0.9 * len(inside_got)
+    gaps = np.diff(times)
+    assert gaps.min() > 0  # still in order
+    assert (gaps > 1.5 * interval_ms).sum() >= 10  # lost slots
+    assert np.std(gaps) > 0.2 * interval_ms
+    # PM read pm_factor times the model's value at the (late) reading time; T/RH untouched.
+    vm = ValueModel(fleet)
+    air = vm.air(np.full(times.shape, stream, np.intp), times * MS)
+    for (_, body), pm25, pm10, temp in zip(
+        inside_got, air.pm25.tolist(), air.pm10.tolist(), air.temperature.tolist(), strict=True
+    ):
+        assert body["pm25"] == round(pm25 * 1.7, 1)
+        assert body["pm10"] == round(pm10 * 1.7, 1)
+        assert body["temperature"] == round(temp, 2)
+    # Outside the label the sensor is untouched (and so is everyone else, see below).
+    outside = [(t, b) for t, b in rows if not inside(t, lb)]
+    assert outside == [(t, b) for t, b in ref if not inside(t, lb)]
 
 
 def test_everything_outside_the_labels_is_untouched(injected: Any) -> None:

@@ -165,6 +165,16 @@ def test_airrohr_keeps_reference_stations_native_and_ids_unique() -> None:
     ]
     # The same seed gives the same chip numbers.
     assert simulate("airrohr").wire_sensor_ids() == ids
+    # Ground truth names sensors as the pipeline will see them.
+    i = int(np.flatnonzero(used)[0])
+    power = Scenario.model_validate(
+        {"faults": [{"kind": "power", "sensor_id": fleet.sensor_id[i], "start_s": 0,
+                     "duration_s": 600}]}
+    )  # fmt: skip
+    (label,) = simulate("airrohr", power).labels
+    assert label.sensor_id == ids[i]
+    (label,) = simulate("native", power).labels
+    assert label.sensor_id == fleet.sensor_id[i]
 
 
 def test_ttn_time_is_the_networks_so_device_clock_skew_does_not_show() -> None:
