@@ -203,6 +203,8 @@ class AlertEngine:
         self._thresholds = {t.detector: t for t in self._life.thresholds}
         self._change_min = SEVERITIES.index(self._life.change_min_severity)
         self._series: dict[str, _Series] = {}
+        #: series keys that need a look at every tick (pending alert or flapping)
+        self._watch: set[str] = set()
         self._alerts: dict[str, Alert] = {}
         self._groups: dict[str, _Group] = {}
         self._silences: dict[str, Silence] = {}
@@ -260,12 +262,13 @@ class AlertEngine:
             series = self._series[key] = _Series()
         want = self._wanted(event, series)
         severity = Severity(event.severity).label
-        if want != series.want_active:
+        if want != series.want_active and self._life.flap_transitions:
             series.transitions.append(now_s)
         series.want_active = want
         if want:
             series.want_severity = severity
         series.last_event = event
+        self._watch.add(key)
         self._prune_transitions(series, now_s)
         limit = self._life.flap_transitions
         if limit and len(series.transitions) >= limit and not series.flapping:
@@ -377,7 +380,8 @@ class AlertEngine:
         """Advance timers (for_s, flapping, groups) and return what is due now."""
         now_s = self._clock.monotonic_s()
         now_ns = self._clock.now_ns()
-        for series in self._series.values():
+        for key in list(self._watch):
+            series = self._series[key]
             if series.flapping:
                 self._prune_transitions(series, now_s)
                 if not series.transitions:
@@ -388,6 +392,16 @@ class AlertEngine:
                         )
             elif series.alert is not None:
                 self._maybe_fire(series.alert, now_s)
+            if series.flapping or (series.alert is not None and series.alert.state == "pending"):
+                continue
+            idle = series.alert is None and not series.want_active
+            if idle:
+                self._prune_transitions(series, now_s)
+                if series.transitions:
+                    continue  # kept for flap counting until the window has passed
+                # back to the default state: nothing to remember (bounded memory)
+                del self._series[key]
+            self._watch.discard(key)
         out: list[Notification] = []
         for key in list(self._groups):
             group = self._groups[key]
@@ -483,6 +497,11 @@ class AlertEngine:
             if a.state == "resolved" and now_s - a.resolved_s > keep_s
         ]:
             del self._alerts[fp]
+
+    @property
+    def series_tracked(self) -> int:
+        """Series remembered (open alert, hysteresis band, flap window)."""
+        return len(self._series)
 
     # ------------------------------------------------------- operator actions
     def alerts(self, state: AlertState | None = None) -> list[Alert]:

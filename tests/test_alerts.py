@@ -325,3 +325,19 @@ def test_config_rejects_unknown_receiver_and_bad_hysteresis() -> None:
         AlertsConfig(routes=(Route(name="r", receivers=("nope",)),))
     with pytest.raises(ConfigError, match="reset"):
         Threshold(detector="ispu", trigger=100, reset=120)
+
+
+def test_closed_series_are_forgotten() -> None:
+    clock = ManualClock()
+    eng = engine(clock, life=LifecycleConfig(flap_transitions=2, flap_window_s=60))
+    eng.ingest([ev(sensor=f"s{i}") for i in range(50)])
+    eng.tick()
+    eng.ingest([ev("end", sensor=f"s{i}") for i in range(50)])
+    eng.tick()
+    assert eng.series_tracked == 50  # still inside the flap window
+    clock.advance(61)
+    eng.tick()
+    assert eng.series_tracked == 0
+    eng.ingest([ev("change", sensor=f"x{i}", severity=Severity.INFO) for i in range(50)])
+    eng.tick()
+    assert eng.series_tracked == 0

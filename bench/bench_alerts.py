@@ -1,0 +1,189 @@
+"""Alert delivery latency: event published on the bus -> webhook received.
+
+Run ``python bench/bench_alerts.py``. An :class:`AlertDispatcher` runs as its own
+asyncio task on an :class:`EventBus` subscription (as in the pipeline), with the
+system clock, one signed webhook receiver (``group_wait_s=0``) served by a stdlib
+HTTP server in a thread, and the disk outbox with fsync on (tmpfs or disk: see
+``--queue-dir``). While ``--alerts`` alert ``start`` events are published (one
+every ``--alert-every-s``, each a new sensor in its own district), a background
+load of ``--load-eps`` events/s is published in bursts every 10 ms: ISPU
+``change`` events below the alert threshold (severity INFO) over ``--load-series``
+sensors, i.e. work the engine must do without alerting. Each alert event carries
+its publish time; the server records arrival. Prints p50/p99/max latency and the
+achieved load rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import platform
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+
+from alerts import (
+    SIGNATURE_HEADER,
+    AlertDispatcher,
+    AlertsConfig,
+    LifecycleConfig,
+    QueueConfig,
+    Route,
+    WebhookConfig,
+    build_receivers,
+)
+from urbanpulse._events import Event, EventBus, Severity
+
+SECRET = "bench"
+
+
+def make_server(latencies_ns: list[int]) -> ThreadingHTTPServer:
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            now = time.time_ns()
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            want = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+            ok = hmac.compare_digest(self.headers.get(SIGNATURE_HEADER, ""), want)
+            self.send_response(200 if ok else 401)
+            self.end_headers()
+            if ok:
+                for alert in json.loads(body)["alerts"]:
+                    if alert["status"] == "firing":
+                        latencies_ns.append(now - int(alert["annotations"]["bench_ns"]))
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    return ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+
+
+def event(
+    sensor: str, district: str, severity: Severity, state: str, labels: dict[str, str]
+) -> Event:
+    now = time.time_ns()
+    return Event(
+        detector="ispu" if state == "change" else "haze",
+        state=state,  # type: ignore[arg-type]
+        severity=severity,
+        kind="air",
+        city="Jakarta",
+        district=district,
+        sensor_id=sensor,
+        metric="pm25",
+        value=80.0,
+        event_ns=now,
+        detected_ns=now,
+        message=f"{state} at {sensor}",
+        labels=labels,
+    )
+
+
+async def run(args: argparse.Namespace, queue_dir: str) -> tuple[list[int], float, dict[str, int]]:
+    latencies: list[int] = []
+    server = make_server(latencies)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    cfg = AlertsConfig(
+        lifecycle=LifecycleConfig(flap_transitions=0),
+        routes=(
+            Route(
+                name="all",
+                receivers=("hook",),
+                group_by=("district",),
+                group_wait_s=0,
+                group_interval_s=0,
+            ),
+        ),
+        webhooks=(
+            WebhookConfig(
+                name="hook", url=f"http://127.0.0.1:{server.server_port}/", secret=SECRET
+            ),
+        ),
+        queue=QueueConfig(directory=queue_dir, fsync=not args.no_fsync),
+        tick_s=0.05,
+    )
+    bus = EventBus()
+    disp = AlertDispatcher(cfg, build_receivers(cfg))
+    task = asyncio.create_task(disp.run(bus.subscribe("alerts", maxsize=1_000_000)))
+    stop = asyncio.Event()
+    load_sent = 0
+
+    async def load() -> None:
+        nonlocal load_sent
+        per_burst = max(1, int(args.load_eps * 0.01))
+        info = {"index": "ispu", "category": "Sedang"}
+        i = 0
+        start = time.monotonic()
+        while not stop.is_set():
+            batch = []
+            for _ in range(per_burst):
+                sensor = f"load{i % args.load_series}"
+                batch.append(event(sensor, f"d{i % 97}", Severity.INFO, "change", info))
+                i += 1
+            bus.publish(batch)
+            load_sent += len(batch)
+            target = start + load_sent / args.load_eps
+            await asyncio.sleep(max(0.0, target - time.monotonic()))
+
+    loader = asyncio.create_task(load())
+    await asyncio.sleep(0.5)
+    t0 = time.monotonic()
+    sent0 = load_sent
+    for k in range(args.alerts):
+        now_ns = time.time_ns()
+        bus.publish(
+            [
+                event(
+                    f"a{k}",
+                    f"alert-district-{k}",
+                    Severity.WARNING,
+                    "start",
+                    {"bench_ns": str(now_ns)},
+                )
+            ]
+        )
+        await asyncio.sleep(args.alert_every_s)
+    deadline = time.monotonic() + 10
+    while len(latencies) < args.alerts and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    rate = (load_sent - sent0) / (time.monotonic() - t0)
+    stop.set()
+    await loader
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    server.shutdown()
+    server.server_close()
+    return latencies, rate, disp.counters()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--alerts", type=int, default=300)
+    parser.add_argument("--alert-every-s", type=float, default=0.02)
+    parser.add_argument("--load-eps", type=float, default=10_000)
+    parser.add_argument("--load-series", type=int, default=10_000)
+    parser.add_argument("--queue-dir", default="", help="default: a temporary directory")
+    parser.add_argument("--no-fsync", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=args.queue_dir or None) as tmp:
+        latencies, rate, counters = asyncio.run(run(args, os.path.join(tmp, "q")))
+    ms = np.asarray(latencies, dtype=np.float64) / 1e6
+    print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs")
+    print(f"queue fsync: {not args.no_fsync}; background load {rate:,.0f} events/s")
+    print(f"alerts delivered: {len(latencies)}/{args.alerts}; counters {counters}")
+    if len(ms):
+        p50, p99 = np.percentile(ms, [50, 99])
+        print(f"publish -> webhook: p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {ms.max():.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
