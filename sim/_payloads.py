@@ -66,6 +66,7 @@ carry the native encoder's resolution, so they decode to the native numbers
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Literal
 
@@ -84,6 +85,7 @@ __all__ = [
     "TimestampFormat",
     "airrohr_chip_ids",
     "codec_rules_for",
+    "codec_rules_toml",
     "encode_air",
     "encode_air_airrohr",
     "encode_air_senml",
@@ -381,6 +383,25 @@ def codec_rules_for(
             for d in districts
         ]
     raise ConfigError(f"unknown payload format {payload_format!r}")
+
+
+def codec_rules_toml(rules: Sequence[dict[str, Any]]) -> str:
+    """``rules`` (from :func:`codec_rules_for`) as ``[[ingest.codecs]]`` TOML tables."""
+
+    def text(v: str) -> str:
+        return json.dumps(v, ensure_ascii=False)  # a valid TOML basic string
+
+    out: list[str] = []
+    for rule in rules:
+        out.append("[[ingest.codecs]]")
+        for key, value in rule.items():
+            if isinstance(value, dict):
+                inner = ", ".join(f"{text(k)} = {text(v)}" for k, v in value.items())
+                out.append(f"{key} = {{ {inner} }}" if inner else f"{key} = {{}}")
+            else:
+                out.append(f"{key} = {text(str(value))}")
+        out.append("")
+    return "\n".join(out)
 
 
 def _split_full(

@@ -10,6 +10,7 @@ the native format's decoding: same series (sensor ids mapped by
 from __future__ import annotations
 
 import json
+import tomllib
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +28,7 @@ from sim import (
     SimOptions,
     Simulator,
     codec_rules_for,
+    codec_rules_toml,
     format_streams,
 )
 from urbanpulse import ConfigError, ManualClock
@@ -237,9 +239,12 @@ def test_codec_rules_and_options_are_checked() -> None:
         "topic_pattern": "airrohr/{city}/{district}",
         "tags": {"kind": "air"},
     }
-    # Every rule compiles in ingest.
+    # Every rule compiles in ingest, and the TOML form reads back as the same rules.
     for fmt in PAYLOAD_FORMATS:
-        rules = tuple(CodecRule(**r) for r in codec_rules_for(fmt, "bandung", ["dago", "coblong"]))
+        dicts = codec_rules_for(fmt, "bandung", ["dago", "coblong"])
+        toml_rules = tomllib.loads(codec_rules_toml(dicts)).get("ingest", {}).get("codecs", [])
+        assert toml_rules == dicts
+        rules = tuple(CodecRule(**r) for r in dicts)
         NativeJsonDecoder(
             DecodeOptions(codecs=rules),
             pattern=PATTERN,
