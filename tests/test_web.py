@@ -261,7 +261,7 @@ def test_openapi_and_alert_actions() -> None:
             assert path in doc["paths"]
         status, _, raw = await _get(port, "/api/alerts/x/ack", method="POST")
         assert status == 501
-        assert "alerts package" in json.loads(raw)["error"]
+        assert "alerts dispatcher" in json.loads(raw)["error"]
         assert (await _get(port, "/api/alerts/x/silence", method="POST"))[0] == 501
         assert (await _get(port, "/nope"))[0] == 404
         assert (await _get(port, "/api/sensors", method="DELETE"))[0] == 405

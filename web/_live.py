@@ -353,14 +353,19 @@ class LiveState:
             "los": LOS_LETTERS[los] if los >= 0 else None,
         }
 
-    def district_rows(self) -> list[dict[str, Any]]:
+    def district_rows(
+        self, alert_counts: dict[tuple[str, str], int] | None = None
+    ) -> list[dict[str, Any]]:
         """Per (city, district): max ISPU / AQI over its live air sensors (the
         dominant pollutant of the sensor with the max), traffic congestion as the
-        share of live traffic stations at LOS E or F, open conditions."""
+        share of live traffic stations at LOS E or F, open alerts (``alert_counts``
+        by (city, district), else the open conditions of the event feed)."""
         n = len(self.ids)
+        alerts = self.conditions.by_district() if alert_counts is None else alert_counts
         names = sorted(
             {(self.city[i], self.district[i]) for i in range(n)}
             | {("", d) for d in self.directory.districts}
+            | {k for k, v in alerts.items() if v and k[1]}
         )
         merged: dict[str, tuple[str, str]] = {}
         for c, d in names:  # a district known from both the registry and topics
@@ -383,7 +388,6 @@ class LiveState:
         n_jam = np.bincount(did[traffic & (los >= 4)], minlength=nd)
         n_live = np.bincount(did[live], minlength=nd)
         n_all = np.bincount(did, minlength=nd)
-        alerts = self.conditions.by_district()
         out: list[dict[str, Any]] = []
         for j, (city, name) in enumerate(keys):
             members = np.flatnonzero((did == j) & np.isfinite(ispu))

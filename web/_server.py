@@ -17,6 +17,7 @@ from typing import Any, Final
 import numpy as np
 import orjson
 
+from alerts import AlertDispatcher, Matcher
 from ingest._buffer import RawBatch
 from processors._indices import AQI_CATEGORIES, ISPU_CATEGORIES, LOS_LETTERS
 from urbanpulse._clock import Clock
@@ -126,9 +127,11 @@ class WebServer:
         *,
         directory: SensorDirectory | None = None,
         clock: Clock | None = None,
+        alerts: AlertDispatcher | None = None,
     ) -> None:
         self.options = options
         self.pipeline = pipeline
+        self.alerts = alerts
         self.clock = clock or pipeline.clock
         directory = directory or SensorDirectory.empty()
         if options.sensors_file is not None:
@@ -232,7 +235,7 @@ class WebServer:
             "now_ns": self.clock.now_ns(),
             "static": self.live.static_columns(self._announced, n),
             "live": self.live.live_columns(rows),
-            "districts": self.live.district_rows(),
+            "districts": self._district_rows(),
             "events": [event_json(e) for e in events],
         }
         self._announced = n
@@ -257,7 +260,7 @@ class WebServer:
             "pollutants": list(self.pipeline.indices.ispu_pollutants),
             "static": live.static_columns(0, n),
             "live": live.live_columns(np.arange(n, dtype=np.int64)),
-            "districts": live.district_rows(),
+            "districts": self._district_rows(),
             "outlines": [
                 {"district": d.name, "outline": [list(p) for p in d.outline]}
                 for d in live.directory.districts.values()
@@ -351,9 +354,7 @@ class WebServer:
             return resp
         if req.method == "POST":
             if path.startswith("/api/alerts/") and path.endswith(("/ack", "/silence")):
-                return Response.error(
-                    501, "acknowledging and silencing need the alerts package (not installed)"
-                )
+                return self._alert_action(req, path)
             return Response.error(405, "POST is only for alert actions")
         if path == "/":
             page = importlib.resources.files("web").joinpath("static/dashboard.html").read_bytes()
@@ -377,7 +378,7 @@ class WebServer:
             self.live.refresh_indices(
                 self.pipeline.indices, np.arange(len(self.live), dtype=np.int64)
             )
-            return Response.json(200, {"districts": self.live.district_rows()})
+            return Response.json(200, {"districts": self._district_rows()})
         if path == "/api/alerts":
             return self._alerts()
         if path == "/api/events":
@@ -388,6 +389,16 @@ class WebServer:
                 return Response.error(503, "too many live-stream clients")
             return StreamResponse(self._stream)
         return Response.error(404, f"no such path: {path}")
+
+    def _district_rows(self) -> list[dict[str, Any]]:
+        counts: dict[tuple[str, str], int] | None = None
+        if self.alerts is not None:
+            counts = {}
+            for a in self.alerts.engine.alerts():
+                if a.state != "resolved":
+                    key = (a.labels.get("city", ""), a.labels.get("district", ""))
+                    counts[key] = counts.get(key, 0) + 1
+        return self.live.district_rows(counts)
 
     def _ready(self) -> Response:
         mqtt = self.pipeline.mqtt
@@ -426,7 +437,86 @@ class WebServer:
         ]
         return Response.json(200, doc)
 
+    def _alert_action(self, req: Request, path: str) -> Response:
+        """``POST /api/alerts/{fingerprint}/ack`` ``{"by", "comment"}`` and
+        ``.../silence`` ``{"by", "duration_s", "comment", "matchers"?}`` (default
+        matchers: every label of the alert but its severity, i.e. this series)."""
+        if self.alerts is None:
+            return Response.error(501, "acknowledging and silencing need the alerts dispatcher")
+        engine = self.alerts.engine
+        fp, _, action = path[len("/api/alerts/") :].rpartition("/")
+        try:
+            body = orjson.loads(req.body or b"{}")
+        except orjson.JSONDecodeError:
+            return Response.error(400, "the body must be JSON")
+        if not isinstance(body, dict):
+            return Response.error(400, "the body must be a JSON object")
+        by, comment = str(body.get("by") or ""), str(body.get("comment") or "")
+        try:
+            alert = engine.get(fp)
+            if action == "ack":
+                alert = engine.ack(fp, by=by, comment=comment)
+                return Response.json(200, self._alert_json(alert))
+            raw = body.get("matchers")
+            matchers = (
+                [Matcher.parse(str(m)) for m in raw]
+                if isinstance(raw, list)
+                else [Matcher(k, "=", v) for k, v in alert.labels.items() if k != "severity"]
+            )
+            if not by:
+                return Response.error(400, "a silence needs 'by' (an operator name)")
+            silence = engine.add_silence(
+                matchers,
+                duration_s=float(body.get("duration_s", 3600.0)),
+                created_by=by,
+                comment=comment,
+            )
+        except ConfigError as exc:
+            return Response.error(400, str(exc))
+        except (TypeError, ValueError) as exc:
+            return Response.error(400, f"bad request: {exc}")
+        except UrbanPulseError as exc:
+            status = 404 if str(exc).startswith("no alert") else 400
+            return Response.error(status, str(exc))
+        return Response.json(
+            200,
+            {
+                "id": silence.id,
+                "matchers": [str(m) for m in silence.matchers],
+                "starts_ns": silence.starts_ns,
+                "ends_ns": silence.ends_ns,
+                "created_by": silence.created_by,
+                "comment": silence.comment,
+            },
+        )
+
+    @staticmethod
+    def _alert_json(alert: Any) -> dict[str, Any]:
+        doc: dict[str, Any] = alert.to_dict()
+        doc.update(
+            state=alert.state,
+            severity=alert.severity,
+            acked_by=alert.acked_by,
+            acked_ns=alert.acked_ns,
+            starts_ns=alert.starts_ns,
+        )
+        return doc
+
     def _alerts(self) -> Response:
+        if self.alerts is not None:
+            engine = self.alerts.engine
+            open_alerts = [a for a in engine.alerts() if a.state != "resolved"]
+            return Response.json(
+                200,
+                {
+                    "source": "alerts",
+                    "alerts": [self._alert_json(a) for a in open_alerts],
+                    "silences": [
+                        {"id": x.id, "matchers": [str(m) for m in x.matchers], "ends_ns": x.ends_ns}
+                        for x in engine.silences(active_only=True)
+                    ],
+                },
+            )
         items = []
         for key, e in self.live.conditions.open.items():
             doc = event_json(e)
@@ -438,7 +528,7 @@ class WebServer:
             {
                 "source": "events",
                 "note": "open conditions from detector events; acknowledge/silence return 501 "
-                "until the alerts package is installed",
+                "without an alerts dispatcher",
                 "alerts": items,
             },
         )
@@ -476,4 +566,31 @@ class WebServer:
             self.subscription.dropped,
         )
         exp.gauge("urbanpulse_web_sensors", "Sensors known to the dashboard.", len(self.live))
+        if self.alerts is not None:
+            stats = self.alerts.stats
+            exp.sample(
+                "urbanpulse_alert_notifications",
+                "counter",
+                "Alert notifications by receiver and outcome (sent, failed attempts, rejected).",
+                [
+                    ({"receiver": name, "outcome": outcome}, value)
+                    for name, st in sorted(stats.items())
+                    for outcome, value in (
+                        ("sent", st.delivered),
+                        ("failed", st.failures),
+                        ("rejected", st.rejected),
+                    )
+                ],
+            )
+            exp.sample(
+                "urbanpulse_alert_queue_pending",
+                "gauge",
+                "Notifications waiting in each receiver's outbox.",
+                [({"receiver": n}, v) for n, v in sorted(self.alerts.pending().items())],
+            )
+            exp.gauge(
+                "urbanpulse_alerts_firing",
+                "Alerts currently firing.",
+                len(self.alerts.engine.alerts("firing")),
+            )
         return exp.text()
