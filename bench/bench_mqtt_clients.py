@@ -1,7 +1,12 @@
 """Receive rate of the Python MQTT clients, next to the broker's own ceiling.
 
     python bench/bench_mqtt_clients.py [--messages 300000] [--aiomqtt-messages 60000]
-                                       [--repeat 3] [--aiomqtt-repeat 1]
+                                       [--repeat 3] [--aiomqtt-repeat 1] [--path-only]
+
+``--path-only`` times only the receive path inside the process (gmqtt's own and
+``MqttOptions.fast_receive``), without broker or socket: pre-encoded MQTT 5 PUBLISH
+packets are fed in 64 KiB reads to a gmqtt connection on a fake transport, with
+``MessageBuffer.add`` as the handler.
 
 Every client subscribes to ``urbanpulse/#`` at QoS 0 on the same private
 Mosquitto, then the raw-socket publisher (a separate process, bench/_load.py)
@@ -398,8 +403,108 @@ async def main_async(args: argparse.Namespace) -> None:
     )
 
 
+class _FakeTransport:
+    """Collects what the client writes (PUBACKs); never closing."""
+
+    def __init__(self) -> None:
+        self.written = 0
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def _publish_v5(topic: bytes, payload: bytes, qos: int, mid: int) -> bytes:
+    body = len(topic).to_bytes(2, "big") + topic + (mid.to_bytes(2, "big") if qos else b"")
+    body += b"\x00" + payload  # empty MQTT 5 properties
+    n, length = len(body), bytearray()
+    while True:
+        n, byte = divmod(n, 128)
+        length.append(byte | (0x80 if n else 0))
+        if not n:
+            break
+    return bytes([0x30 | qos << 1]) + bytes(length) + body
+
+
+async def _path_only_once(
+    stream: bytes, n: int, *, v5: bool, qos: int, fast: bool, manual: bool
+) -> tuple[float, int]:
+    """CPU seconds to push ``stream`` through one receive path, and PUBACK bytes written."""
+    from gmqtt.mqtt.connection import MQTTConnection
+    from gmqtt.mqtt.constants import MQTTv50, MQTTv311
+    from gmqtt.mqtt.protocol import MQTTProtocol
+
+    from ingest._buffer import BufferOptions, MessageBuffer
+
+    buffer = MessageBuffer(BufferOptions(batch_max_messages=n + 1, max_buffered_messages=n + 1))
+    owner = MqttClient(MqttOptions(fast_receive=fast, manual_ack=manual), on_message=buffer.add)
+    client = owner._new_client()
+    client._connection_state.protocol_version = MQTTv50 if v5 else MQTTv311
+    transport = _FakeTransport()
+    proto = MQTTProtocol(
+        connection_state=client._connection_state,
+        id_generator=client._package_handler.id_generator,
+    )
+    proto._transport = transport
+    conn = MQTTConnection(transport, proto, True, 0, package_handler=client._package_handler)
+    client._connection = conn
+    cpu0 = time.process_time()
+    buf = b""
+    for i in range(0, len(stream), 65536):  # what MQTTProtocol._read_loop does per read
+        buf += stream[i : i + 65536]
+        buf = buf[proto._read_packet(buf) :]
+    while len(buffer) < n:  # gmqtt's manual-ack path calls the handler from tasks
+        await asyncio.sleep(0)
+    raw = buffer.take()
+    if raw.ack is not None:
+        raw.ack.set_result(None)
+    while len(asyncio.all_tasks()) > 1 or (qos and transport.written < n * (6 if v5 else 4)):
+        await asyncio.sleep(0)
+    return time.process_time() - cpu0, transport.written
+
+
+def receive_path_only(n: int, repeat: int) -> None:
+    """The receive path alone: pre-encoded PUBLISH packets fed as 64 KiB reads, no socket."""
+    messages = sim_messages(n)
+    rows: list[list[str]] = []
+    for qos, manual in ((0, False), (1, False), (1, True)):
+        stream = b"".join(
+            _publish_v5(t.encode(), p, qos, i % 65535 + 1) for i, (t, p) in enumerate(messages)
+        )
+        for fast in (False, True):
+            cpu = [
+                asyncio.run(_path_only_once(stream, n, v5=True, qos=qos, fast=fast, manual=manual))
+                for _ in range(repeat)
+            ]
+            acks = {w for _, w in cpu}
+            ack = "" if not qos else (", ack after the batch" if manual else ", ack on receipt")
+            rows.append(
+                [
+                    f"QoS {qos}{ack}",
+                    "fast" if fast else "gmqtt",
+                    f"{n:,}",
+                    f"{min(c for c, _ in cpu) / n * 1e6:.2f}",
+                    f"{statistics.median(c for c, _ in cpu) / n * 1e6:.2f}",
+                    ", ".join(f"{w:,}" for w in sorted(acks)),
+                ]
+            )
+            print(f"  {rows[-1][0]:28} {rows[-1][1]:6} {rows[-1][4]} µs/msg", flush=True)
+    print_table(
+        "Receive path only (MQTT 5, MessageBuffer.add as handler, no socket, no decode)",
+        ["messages", "receive path", "count", "CPU µs/msg (best)", "(median)", "PUBACK bytes"],
+        rows,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--path-only",
+        action="store_true",
+        help="only time the receive path itself (gmqtt's and the fast one), no broker",
+    )
     parser.add_argument("--messages", type=int, default=300_000)
     parser.add_argument("--aiomqtt-messages", type=int, default=60_000)
     parser.add_argument("--repeat", type=int, default=3)
@@ -408,6 +513,9 @@ def main() -> None:
     for key, value in machine_info():
         print(f"{key:12} {value}")
     print(flush=True)
+    if args.path_only:
+        receive_path_only(min(args.messages, 200_000), args.repeat)
+        return
     asyncio.run(main_async(args))
     sys.stdout.flush()
 
