@@ -232,6 +232,7 @@ def sim_options(
         ts_format=s.sim.ts_format,
         city_file=str(s.sim.city_file) if s.sim.city_file else None,
         scenario_file=str(s.sim.scenario_file) if s.sim.scenario_file else None,
+        payload_format=s.sim.payload_format,
     )
 
 

@@ -243,6 +243,10 @@ class SimSettings(_Section):
     speed: float = Field(1.0, gt=0)
     qos: int = Field(0, ge=0, le=1)
     ts_format: Literal["epoch_s", "iso"] = "epoch_s"
+    #: What air sensors send: native JSON, SenML, Sensor.Community (airrohr) or
+    #: The Things Stack v3 uplinks (`urbanpulse sim --print-codec-rules` prints
+    #: the [[ingest.codecs]] rules the pipeline needs for it).
+    payload_format: Literal["native", "senml", "airrohr", "ttn"] = "native"
     #: A city model file (TOML/JSON); ``city`` may also name a bundled one
     #: (sindangraja: 50 sensors, tirtamaya: 1,000, nusapura: 10,000).
     city_file: Path | None = None

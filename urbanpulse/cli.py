@@ -89,6 +89,17 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--replay", type=Path, help="replay a recording (.csv or line protocol) instead"
     )
+    sim.add_argument(
+        "--format",
+        dest="payload_format",
+        choices=("native", "senml", "airrohr", "ttn"),
+        help="payload format of the air sensors",
+    )
+    sim.add_argument(
+        "--print-codec-rules",
+        action="store_true",
+        help="print the [[ingest.codecs]] rules the pipeline needs for --format, and exit",
+    )
     sim.add_argument("--quiet", action="store_true", help="no progress line")
 
     ev = sub.add_parser(
@@ -179,6 +190,11 @@ async def _sim(settings: Settings, args: argparse.Namespace) -> int:
     from urbanpulse._clock import SystemClock
 
     opts = sim_options(settings, count=args.count, duration_s=args.duration)
+    if args.print_codec_rules:
+        from sim import codec_rules_toml
+
+        print(codec_rules_toml(Simulator(opts, SystemClock()).codec_rules()))
+        return 0
     client = MqttClient(mqtt_options(settings.mqtt, client_id=""))
     task = asyncio.create_task(client.run())
     stop = asyncio.Event()
@@ -242,6 +258,7 @@ def _sim_overrides(settings: Settings, args: argparse.Namespace) -> Settings:
                 "city": args.city,
                 "city_file": args.city_file,
                 "scenario_file": args.scenario,
+                "payload_format": args.payload_format,
             }.items()
             if v is not None
         }
