@@ -363,3 +363,26 @@ def test_two_shards_store_exactly_what_one_process_would(
     assert held[1] != fleet
     for k in range(2):
         assert (tmp_path / "spool" / f"shard-{k}-of-2").is_dir()
+
+
+@pytest.mark.parametrize("bad", ["2/2", "x", "1/0"])
+def test_run_refuses_a_bad_shard_option(bad: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from urbanpulse.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--shard", bad])
+    assert exc.value.code == 2
+    assert "--shard" in capsys.readouterr().err
+
+
+def test_run_shard_options_override_the_settings() -> None:
+    import argparse
+
+    from urbanpulse.cli import _shard_overrides
+
+    base = Settings(mqtt=MqttSettings(shard="0/4"))
+    args = argparse.Namespace(shard="1/2", shard_by="district")
+    s = _shard_overrides(base, args)
+    assert (s.mqtt.shard, s.mqtt.shard_by) == ("1/2", "district")
+    kept = _shard_overrides(base, argparse.Namespace(shard=None, shard_by=None))
+    assert (kept.mqtt.shard, kept.mqtt.shard_by) == ("0/4", "topic")
