@@ -172,6 +172,10 @@ class WebServer:
     # -- lifecycle
 
     @property
+    def listening(self) -> bool:
+        return self._server is not None
+
+    @property
     def port(self) -> int:
         if self._server is None:
             raise UrbanPulseError("web server not started")
