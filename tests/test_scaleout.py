@@ -386,3 +386,26 @@ def test_run_shard_options_override_the_settings() -> None:
     assert (s.mqtt.shard, s.mqtt.shard_by) == ("1/2", "district")
     kept = _shard_overrides(base, argparse.Namespace(shard=None, shard_by=None))
     assert (kept.mqtt.shard, kept.mqtt.shard_by) == ("0/4", "topic")
+
+
+def test_build_pipeline_filters_by_the_configured_shard(tmp_path: Path) -> None:
+    from urbanpulse._app import NullWriter, build_pipeline
+
+    s = Settings(
+        mqtt=MqttSettings(shard="1/3", shard_by="district"),
+        spool={"directory": tmp_path / "spool"},
+        state_dir=tmp_path / "state",
+    )
+    pipeline = build_pipeline(s, writer=NullWriter())
+    assert pipeline.shard is not None
+    assert pipeline.shard.spec == ShardSpec(index=1, count=3, by="district")
+    assert pipeline.shard.district_level == 2
+    assert pipeline.snapshot_stats()["shard"] == {"spec": "1/3", "skipped": 0}
+    unsharded = build_pipeline(
+        Settings(spool={"directory": tmp_path / "spool2"}, state_dir=None), writer=NullWriter()
+    )
+    assert unsharded.shard is None
+    assert "shard" not in unsharded.snapshot_stats()
+    for pipe in (pipeline, unsharded):
+        if pipe.spool is not None:
+            pipe.spool.close()
