@@ -417,3 +417,27 @@ def test_registry_csv_and_geojson(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="duplicate"):
         load_sensor_directory(dup)
     assert SensorDirectory.empty().sensors == {}
+
+
+def test_malformed_and_oversized_requests_are_refused() -> None:
+    _, server, _, _ = _setup()
+
+    async def raw(data: bytes) -> int:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(data)
+        await writer.drain()
+        head = await reader.read()
+        writer.close()
+        return int(head.split(b" ")[1])
+
+    async def body(port: int) -> None:
+        assert await raw(b"GARBAGE\r\n\r\n") == 400
+        assert await raw(b"GET / SPDY/3\r\n\r\n") == 400
+        assert await raw(b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n") == 431
+        assert (
+            await raw(b"POST /api/alerts/x/ack HTTP/1.1\r\nContent-Length: 999999\r\n\r\n") == 413
+        )
+        assert await raw(b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n") == 400
+        assert (await _get(port, "/healthz"))[0] == 200  # still serving
+
+    _serve(server, body)
