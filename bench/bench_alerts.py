@@ -11,6 +11,15 @@ load of ``--load-eps`` events/s is published in bursts every 10 ms: ISPU
 sensors, i.e. work the engine must do without alerting. Each alert event carries
 its publish time; the server records arrival. Prints p50/p99/max latency and the
 achieved load rate.
+
+``--e2e``: the whole path instead. A private Mosquitto, the real ``Pipeline``
+(default options, detectors on, a writer that discards) fed by ``MqttClient``, the
+dispatcher on ``pipeline.bus``; the simulator's messages are published at
+``--e2e-rate`` msg/s for ``--e2e-seconds`` by the raw-socket publisher in a
+separate process (bench/_load.py), and every 100 ms a second MQTT client in this
+process publishes one reading with PM2.5 = 1000 ug/m3 (valid for the decoder, outside the plausible
+range: a ``range`` start on the first bad reading) for a new sensor. Latency
+= MQTT publish of that reading -> signed webhook received.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -27,6 +37,7 @@ import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import numpy as np
 
@@ -45,7 +56,9 @@ from urbanpulse._events import Event, EventBus, Severity
 SECRET = "bench"
 
 
-def make_server(latencies_ns: list[int]) -> ThreadingHTTPServer:
+def make_server(
+    latencies_ns: list[int], arrivals: list[tuple[str, int]] | None = None
+) -> ThreadingHTTPServer:
     class Hook(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             now = time.time_ns()
@@ -56,7 +69,11 @@ def make_server(latencies_ns: list[int]) -> ThreadingHTTPServer:
             self.end_headers()
             if ok:
                 for alert in json.loads(body)["alerts"]:
-                    if alert["status"] == "firing":
+                    if alert["status"] != "firing":
+                        continue
+                    if arrivals is not None:
+                        arrivals.append((alert["labels"].get("sensor_id", ""), now))
+                    else:
                         latencies_ns.append(now - int(alert["annotations"]["bench_ns"]))
 
         def log_message(self, format: str, *args: object) -> None:
@@ -165,6 +182,117 @@ async def run(args: argparse.Namespace, queue_dir: str) -> tuple[list[int], floa
     return latencies, rate, disp.counters()
 
 
+_PIPE_KEYS = ("events", "dead_letters", "overflow", "batches", "messages_ok")
+
+
+class _NullWriter:
+    def write(self, lines: bytes) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+async def run_e2e(args: argparse.Namespace, work: str) -> tuple[list[int], dict[str, Any]]:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _load import (  # type: ignore[import-not-found, unused-ignore]
+        LoadPublisher,
+        await_probe,
+        sim_messages,
+        start_mosquitto,
+        write_packets,
+    )
+
+    from ingest._mqtt import MqttClient, MqttOptions
+    from urbanpulse._pipeline import Pipeline, PipelineOptions
+
+    latencies: list[int] = []
+    sent_ns: dict[str, int] = {}
+    arrivals: list[tuple[str, int]] = []
+    server = make_server(latencies, arrivals)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    mosq = start_mosquitto(Path(work))
+    n = int(args.e2e_rate * args.e2e_seconds)
+    messages = sim_messages(n, rate_per_s=args.e2e_rate)
+    packets = write_packets(messages, 0, Path(work) / "packets")
+    cfg = AlertsConfig(
+        lifecycle=LifecycleConfig(flap_transitions=0),
+        routes=(
+            Route(
+                name="bench",
+                matchers=("alertname=range", "sensor_id=~alertbench-.*"),
+                receivers=("hook",),
+                group_by=("sensor_id",),
+                group_wait_s=0,
+                group_interval_s=0,
+            ),
+        ),
+        webhooks=(
+            WebhookConfig(
+                name="hook", url=f"http://127.0.0.1:{server.server_port}/", secret=SECRET
+            ),
+        ),
+        queue=QueueConfig(directory=os.path.join(work, "q")),
+        tick_s=0.05,
+    )
+    pipeline = Pipeline(PipelineOptions(subscribe_qos=0), writer=_NullWriter())
+    client = MqttClient(MqttOptions(port=mosq.port), subscriptions=pipeline.subscription)
+    pipeline.attach_mqtt(client)
+    disp = AlertDispatcher(cfg, build_receivers(cfg))
+    alerts_task = asyncio.create_task(disp.run(pipeline.bus.subscribe("alerts", maxsize=100_000)))
+    run_task = asyncio.create_task(pipeline.run())
+    trigger = MqttClient(MqttOptions(port=mosq.port))
+    trigger_task = asyncio.create_task(trigger.run())
+    try:
+        await client.wait_connected(10)
+        await trigger.wait_connected(10)
+        await await_probe(mosq.port, lambda: pipeline.buffer.received)
+        publisher = LoadPublisher(packets, mosq.port, rate=args.e2e_rate)
+        await publisher.astart()
+        ok0 = pipeline.stats.messages_ok
+        t0 = time.monotonic()
+        publisher.go()
+        k = 0
+        while time.monotonic() - t0 < args.e2e_seconds:
+            await asyncio.sleep(0.1)
+            sensor = f"alertbench-{k:04d}"
+            k += 1
+            now = time.time_ns()
+            body = json.dumps({"dateObserved": now / 1e9, "pm25": 1000.0}).encode()
+            sent_ns[sensor] = time.time_ns()
+            trigger.publish(f"urbanpulse/bandung/cibiru/air/{sensor}", body)
+        pub = await publisher.aresult()
+        deadline = time.monotonic() + 10
+        while len(arrivals) < len(sent_ns) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        consumed = pipeline.stats.messages_ok - ok0
+    finally:
+        pipeline.request_stop()
+        await run_task
+        alerts_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await alerts_task
+        await trigger.stop()
+        await trigger_task
+        server.shutdown()
+        server.server_close()
+        mosq.stop()
+    got = [t - sent_ns[s] for s, t in arrivals if s in sent_ns]
+    return got, {
+        "load_rate": round(pub.rate),
+        "consumed": consumed,
+        "triggers": len(sent_ns),
+        "alerts_received": len(got),
+        "engine": dataclasses.asdict(disp.engine.stats),
+        "pipeline": {k: v for k, v in pipeline.snapshot_stats().items() if k in _PIPE_KEYS},
+        **disp.counters(),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--alerts", type=int, default=300)
@@ -173,7 +301,23 @@ def main() -> None:
     parser.add_argument("--load-series", type=int, default=10_000)
     parser.add_argument("--queue-dir", default="", help="default: a temporary directory")
     parser.add_argument("--no-fsync", action="store_true")
+    parser.add_argument("--e2e", action="store_true", help="full pipeline; see the docstring")
+    parser.add_argument("--e2e-rate", type=float, default=10_000)
+    parser.add_argument("--e2e-seconds", type=float, default=20)
     args = parser.parse_args()
+    if args.e2e:
+        with tempfile.TemporaryDirectory(prefix="bench-alerts-") as tmp:
+            got, info = asyncio.run(run_e2e(args, tmp))
+        print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs")
+        print(f"full pipeline: {info}")
+        if got:
+            ms = np.asarray(got, dtype=np.float64) / 1e6
+            p50, p99 = np.percentile(ms, [50, 99])
+            print(
+                f"MQTT publish -> webhook: p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
+                f"max {ms.max():.1f} ms (n={len(ms)})"
+            )
+        return
     with tempfile.TemporaryDirectory(dir=args.queue_dir or None) as tmp:
         latencies, rate, counters = asyncio.run(run(args, os.path.join(tmp, "q")))
     ms = np.asarray(latencies, dtype=np.float64) / 1e6
