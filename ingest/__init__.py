@@ -12,6 +12,7 @@ from ingest._decode import (
     TimestampUnit,
 )
 from ingest._models import AirPayload, TrafficPayload, UnknownFields
+from ingest._shard import ShardBy, ShardFilter, ShardSpec, shard_key, shard_of
 from ingest._topics import TopicError, TopicInfo, TopicPattern
 from ingest._units import Unit, normalise_units
 
@@ -26,6 +27,9 @@ __all__ = [
     "DecodeResult",
     "NativeJsonDecoder",
     "RadioBatch",
+    "ShardBy",
+    "ShardFilter",
+    "ShardSpec",
     "TimestampUnit",
     "TopicError",
     "TopicInfo",
@@ -34,4 +38,6 @@ __all__ = [
     "Unit",
     "UnknownFields",
     "normalise_units",
+    "shard_key",
+    "shard_of",
 ]
