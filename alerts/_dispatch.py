@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ from urbanpulse._errors import ConfigError, OutputError, RetryableOutputError
 from urbanpulse._events import Event, Subscription
 
 __all__ = ["AlertDispatcher", "ReceiverStats"]
+
+log = logging.getLogger("urbanpulse.alerts")
 
 
 @dataclass(slots=True)
@@ -63,6 +66,8 @@ class AlertDispatcher:
         self.stats = {name: ReceiverStats() for name in self.receivers}
         self._wake = {name: asyncio.Event() for name in self.receivers}
         self._tasks: list[asyncio.Task[None]] = []
+        #: ``handle`` calls whose notifications could not be persisted (lost).
+        self.outbox_errors = 0
 
     # ------------------------------------------------------------ synchronous
     def handle(self, events: Iterable[Event] = ()) -> list[Notification]:
@@ -109,6 +114,11 @@ class AlertDispatcher:
             except OutputError as exc:
                 st.rejected += 1
                 st.last_error = str(exc)
+                log.error("alert receiver %s refused a notification (dropped): %s", name, exc)
+            except Exception as exc:  # a bug must not stop the worker or loop on one record
+                st.rejected += 1
+                st.last_error = repr(exc)
+                log.exception("alert receiver %s crashed on a notification (dropped)", name)
             else:
                 st.delivered += 1
             queue.pop()
@@ -148,7 +158,11 @@ class AlertDispatcher:
                     events = await asyncio.wait_for(subscription.get(), self.config.tick_s)
                 except TimeoutError:
                     events = []
-                self.handle(events)
+                try:
+                    self.handle(events)
+                except OutputError as exc:  # the outbox cannot be written (disk full, ...)
+                    self.outbox_errors += 1
+                    log.error("alerts: notifications lost, outbox not writable: %s", exc)
         finally:
             await self.close()
 

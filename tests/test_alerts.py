@@ -341,3 +341,21 @@ def test_closed_series_are_forgotten() -> None:
     eng.ingest([ev("change", sensor=f"x{i}", severity=Severity.INFO) for i in range(50)])
     eng.tick()
     assert eng.series_tracked == 0
+
+
+def test_config_loads_from_plain_data_with_pydantic() -> None:
+    from pydantic import TypeAdapter
+
+    cfg = TypeAdapter(AlertsConfig).validate_python(
+        {
+            "routes": [{"name": "r", "receivers": ["ops"], "matchers": ["severity=~crit.*"]}],
+            "webhooks": [{"name": "ops", "url": "http://x/", "quiet_hours": {"start": "21:00"}}],
+            "lifecycle": {"thresholds": [{"detector": "ispu", "trigger": 101, "reset": 90}]},
+        }
+    )
+    assert cfg.routes[0].matches({"severity": "critical"})
+    assert not cfg.routes[0].matches({"severity": "warning"})
+    hook = cfg.receiver("ops")
+    assert hook.quiet_hours is not None
+    assert hook.quiet_hours.timezone == "Asia/Jakarta"
+    assert cfg.lifecycle.thresholds[0].reset == 90

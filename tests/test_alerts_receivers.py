@@ -395,3 +395,35 @@ def test_retryable_error_for_unreachable_webhook(tmp_path: Path) -> None:
     (receiver,) = build_receivers(cfg)
     with pytest.raises(RetryableOutputError):
         asyncio.run(receiver.send({"alerts": [], "status": "firing"}))
+
+
+class _Broken:
+    name = "ops"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def send(self, payload: Any) -> None:
+        self.calls += 1
+        if self.calls == 1 and payload["status"] == "firing":
+            raise KeyError("bug")
+
+
+def test_receiver_bug_drops_that_record_and_keeps_going(tmp_path: Path) -> None:
+    cfg = hook_config("http://unused/", tmp_path)
+    broken = _Broken()
+
+    async def main() -> AlertDispatcher:
+        disp = AlertDispatcher(cfg, [broken], clock=ManualClock())
+        disp.handle([ev(sensor="s1")])
+        disp.engine.ingest([ev("end", sensor="s1")])
+        disp.handle()
+        assert await disp.deliver_all()
+        await disp.close()
+        return disp
+
+    disp = asyncio.run(main())
+    assert broken.calls == 2
+    assert disp.stats["ops"].rejected == 1
+    assert disp.stats["ops"].delivered == 1
+    assert "KeyError" in disp.stats["ops"].last_error
