@@ -126,6 +126,7 @@ def measure(
                 "URBANPULSE_MQTT__HOST": broker.host,
                 "URBANPULSE_MQTT__PORT": str(broker.port),
                 "URBANPULSE_MQTT__QOS": str(qos),
+                "URBANPULSE_WEB__PORT": "0",
                 "URBANPULSE_OUTPUT__KIND": output,
                 "URBANPULSE_OUTPUT__FILES__DIRECTORY": str(tmp / "lineprotocol"),
                 "URBANPULSE_STATE_DIR": str(tmp / "state"),

@@ -32,6 +32,7 @@ __all__ = [
 def urbanpulse_env(**values: str) -> dict[str, str]:
     """The environment with every URBANPULSE_* replaced by ``values``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("URBANPULSE_")}
+    env["URBANPULSE_WEB__PORT"] = "0"  # an ephemeral port: tests run several processes
     env.update({f"URBANPULSE_{k}": v for k, v in values.items()})
     return env
 

@@ -28,6 +28,7 @@ N = 1500
 
 def _env(**values: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("URBANPULSE_")}
+    env["URBANPULSE_WEB__PORT"] = "0"  # an ephemeral port: tests run several processes
     env.update({f"URBANPULSE_{k}": v for k, v in values.items()})
     return env
 

@@ -6,6 +6,7 @@ import asyncio
 import socket
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 from ingest._buffer import BufferOptions
 from ingest._decode import DecodeOptions
@@ -37,6 +38,7 @@ __all__ = [
     "pipeline_options",
     "shard_settings",
     "sim_options",
+    "web_options",
 ]
 
 
@@ -266,6 +268,22 @@ class MqttPublisher:
             if self._client.write_buffer_bytes() == 0 and self._client.inflight() == 0:
                 return
             await asyncio.sleep(0.002)
+
+
+def web_options(s: Settings) -> Any:
+    """The web server's options (``web.WebOptions``) from the settings."""
+    from web import LiveOptions, WebOptions
+
+    w = s.web
+    return WebOptions(
+        enabled=w.enabled,
+        host=w.host,
+        port=w.port,
+        token=w.token.get_secret_value() if w.token else None,
+        sensors_file=w.sensors_file,
+        sse_interval_s=w.sse_interval_s,
+        live=LiveOptions(dead_after_s=w.dead_after_s, free_flow_kmh=w.free_flow_kmh),
+    )
 
 
 def free_port(host: str = "127.0.0.1") -> int:

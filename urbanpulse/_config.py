@@ -33,6 +33,7 @@ __all__ = [
     "SimSettings",
     "SpoolSettings",
     "TlsSettings",
+    "WebSettings",
     "WindowSettings",
     "load_settings",
     "masked_dump",
@@ -272,6 +273,28 @@ class SpoolSettings(_Section):
     checkpoint_interval_s: float = Field(30.0, gt=0)
 
 
+class WebSettings(_Section):
+    """The dashboard, JSON API, /metrics, /healthz and /readyz (docs/dashboard.md)."""
+
+    enabled: bool = True
+    #: Loopback by default; any other address requires a token.
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    #: Sensor registry: CSV, GeoJSON or a simulator city file.
+    sensors_file: Path | None = None
+    sse_interval_s: float = Field(0.5, gt=0)
+    dead_after_s: float = Field(300.0, gt=0)
+    free_flow_kmh: float = Field(50.0, gt=0)
+
+    @model_validator(mode="after")
+    def _secrets(self) -> WebSettings:
+        object.__setattr__(self, "token", _read_secret(self.token, self.token_file, "token"))
+        object.__setattr__(self, "token_file", None)
+        return self
+
+
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "text"
@@ -294,6 +317,7 @@ class Settings(BaseSettings):
     sim: SimSettings = SimSettings()
     log: LogSettings = LogSettings()
     spool: SpoolSettings = SpoolSettings()
+    web: WebSettings = WebSettings()
     #: Open windows and the series registry are checkpointed here on a clean
     #: stop and restored on start; empty to keep no state.
     state_dir: Path | None = Path("var/state")

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,9 @@ class Pipeline:
         self.mqtt: MqttClient | None = None
         self.shard: ShardFilter | None = None
         self.bus = EventBus()
+        #: Called after every processed micro-batch with (raw, result, seconds):
+        #: the dashboard's live view and its latency histograms.
+        self.batch_listeners: list[Callable[[RawBatch, ProcessResult, float], None]] = []
         self.indices = IndexTracker(self.registry, clock=self.clock)
         self.detectors = (
             DetectorSuite(options.detectors, self.registry, self.clock)
@@ -237,7 +241,12 @@ class Pipeline:
         self.stats.readings += len(batch)
         self.stats.process_seconds += time.perf_counter() - started
         new_keys = [self.registry.key(i) for i in range(n_series, len(self.registry))]
-        return ProcessResult(batch, lines, closed, aggregates, new_keys)
+        processed = ProcessResult(batch, lines, closed, aggregates, new_keys)
+        if self.batch_listeners:
+            seconds = time.perf_counter() - started
+            for listener in self.batch_listeners:
+                listener(raw, processed, seconds)
+        return processed
 
     def _cardinality_events(self) -> None:
         """An event (at most once a minute) while the cardinality guard refuses series."""

@@ -153,6 +153,13 @@ async def _run(settings: Settings) -> int:
 
     pipeline = build_pipeline(settings)
     _install_signals(pipeline.request_stop)
+    web = None
+    if settings.web.enabled:
+        from urbanpulse._app import web_options
+        from web import WebServer
+
+        web = WebServer(web_options(settings), pipeline)
+        await web.start()
     log.info(
         "urbanpulse running",
         extra={
@@ -162,7 +169,11 @@ async def _run(settings: Settings) -> int:
             "shard": settings.mqtt.shard,
         },
     )
-    await pipeline.run()
+    try:
+        await pipeline.run()
+    finally:
+        if web is not None:
+            await web.close()
     return 0
 
 

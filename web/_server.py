@@ -8,8 +8,6 @@ import hmac
 import importlib.resources
 import ipaddress
 import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -149,23 +147,19 @@ class WebServer:
         self._announced = 0
         self.sse_messages = 0
         self.sse_dropped_clients = 0
-        self._original_process: Callable[[RawBatch], ProcessResult] = pipeline.process
-        setattr(pipeline, "process", self._process)  # noqa: B010 - instance hook, see docs
+        pipeline.batch_listeners.append(self._on_batch)
 
     # -- pipeline hook
 
-    def _process(self, raw: RawBatch) -> ProcessResult:
-        started = time.perf_counter()
-        result = self._original_process(raw)
-        self.process_seconds.observe(time.perf_counter() - started)
+    def _on_batch(self, raw: RawBatch, result: ProcessResult, seconds: float) -> None:
+        self.process_seconds.observe(seconds)
         self.batch_sizes.observe(len(raw))
         self.live.observe(result.batch)
-        return result
 
     def detach(self) -> None:
-        """Stop observing the pipeline (undo the hook, leave the bus)."""
-        if self.pipeline.__dict__.get("process") == self._process:
-            del self.pipeline.__dict__["process"]
+        """Stop observing the pipeline (leave its listeners and the bus)."""
+        with contextlib.suppress(ValueError):
+            self.pipeline.batch_listeners.remove(self._on_batch)
         with contextlib.suppress(ValueError):
             self.pipeline.bus.unsubscribe(self.subscription)
 
