@@ -75,13 +75,17 @@ class AlertDispatcher:
         other than the local fsync."""
         self.engine.ingest(events)
         notes = self.engine.tick()
+        touched: set[str] = set()
         for note in notes:
             queue = self.queues.get(note.receiver)
             if queue is None:
                 continue
-            queue.append(note.payload)
+            queue.append(note.payload, sync=False)
+            touched.add(note.receiver)
             self.stats[note.receiver].queued += 1
-            self._wake[note.receiver].set()
+        for name in touched:  # group commit: one fsync per outbox, before any delivery
+            self.queues[name].sync()
+            self._wake[name].set()
         return notes
 
     def pending(self) -> dict[str, int]:

@@ -73,14 +73,16 @@ class DiskQueue:
     def __len__(self) -> int:
         return len(self._items)
 
-    def append(self, record: dict[str, Any]) -> None:
+    def append(self, record: dict[str, Any], *, sync: bool = True) -> None:
+        """Append and (with ``sync``) fsync; ``sync=False`` leaves the fsync to a later
+        :meth:`sync` (group commit: several records, one fsync)."""
         seq = self._next
         self._next += 1
         line = json.dumps({"seq": seq, "record": record}, separators=(",", ":")) + "\n"
         try:
             self._log.write(line.encode())
             self._log.flush()
-            if self._fsync:
+            if self._fsync and sync:
                 os.fsync(self._log.fileno())
         except OSError as exc:
             raise OutputError(f"alert queue {self.path}: {exc}") from exc
@@ -89,6 +91,15 @@ class DiskQueue:
             dropped_seq, _ = self._items.popleft()
             self.dropped += 1
             self._write_ack(dropped_seq)
+
+    def sync(self) -> None:
+        """fsync what was appended with ``sync=False``."""
+        if not self._fsync:
+            return
+        try:
+            os.fsync(self._log.fileno())
+        except OSError as exc:
+            raise OutputError(f"alert queue {self.path}: {exc}") from exc
 
     def peek(self) -> dict[str, Any] | None:
         return self._items[0][1] if self._items else None
