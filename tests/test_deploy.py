@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 import yaml
@@ -29,7 +30,11 @@ from pydantic import BaseModel
 from servers import MosquittoServer, free_port
 
 from outputs import window_label
+from outputs._eventlines import encode_events, encode_index_rows
+from processors import AQI_POLLUTANTS, DEFAULT_ISPU_TABLE, ISPU_CATEGORIES, IndexRows
+from urbanpulse import SeriesKey, SeriesRegistry
 from urbanpulse._config import Settings, load_settings
+from urbanpulse._events import Event, Severity
 from urbanpulse._schema import METRIC_INFO, Kind
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -950,63 +955,270 @@ def test_systemd_analyze_accepts_the_unit(tmp_path: Path) -> None:
 # =========================================================================== grafana
 
 
-def _written_names(widths_ms: list[int]) -> dict[str, set[str]]:
-    """Measurement -> fields the pipeline writes (outputs/_lineprotocol.py)."""
-    names: dict[str, set[str]] = {}
+def _line_keys(line: str) -> tuple[str, set[str], set[str]]:
+    """Measurement, tag keys and field keys of one line (no spaces in values)."""
+    head, fields, _ts = line.split(" ")
+    measurement, *tags = head.split(",")
+    return (
+        measurement,
+        {t.split("=", 1)[0] for t in tags},
+        {f.split("=", 1)[0] for f in fields.split(",")},
+    )
+
+
+def _index_keys() -> tuple[set[str], set[str]]:
+    """Tag and field keys of ``aq_index`` as outputs/_eventlines.py encodes them:
+    one sensor row and one district row with every value present."""
+    n_ispu, n_aqi = len(DEFAULT_ISPU_TABLE.pollutants), len(AQI_POLLUTANTS)
+    registry = SeriesRegistry()
+    sid = registry.resolve(SeriesKey("bandung", "coblong", Kind.AIR, "aq-1"))
+    rows = IndexRows(
+        ts_ns=np.array([1, 1], np.int64),
+        sid=np.array([sid, -1], np.int32),
+        district=np.array([0, 0], np.int32),
+        n_sensors=np.array([1, 1], np.int32),
+        ispu=np.array([60.0, 60.0]),
+        ispu_category=np.array([1, 1], np.int8),
+        ispu_dominant=np.array([0, 0], np.int8),
+        ispu_sub=np.full((2, n_ispu), 60.0),
+        ispu_mean=np.array([60.0, 60.0]),
+        aqi=np.array([70.0, 70.0]),
+        aqi_category=np.array([1, 1], np.int8),
+        aqi_dominant=np.array([0, 0], np.int8),
+        aqi_sub=np.full((2, n_aqi), 70.0),
+        aqi_mean=np.array([70.0, 70.0]),
+    )
+    text = encode_index_rows(
+        rows,
+        registry=registry,
+        district_keys=[("bandung", "coblong")],
+        ispu_pollutants=DEFAULT_ISPU_TABLE.pollutants,
+    ).data.decode()
+    # Category names hold spaces ("Tidak Sehat" is not among these rows: Sedang).
+    tags: set[str] = set()
+    fields: set[str] = set()
+    for line in text.splitlines():
+        m, t, f = _line_keys(line)
+        assert m == "aq_index"
+        tags |= t
+        fields |= f
+    return tags, fields
+
+
+def _event_keys() -> tuple[set[str], set[str]]:
+    """Tag and field keys of ``events`` (outputs/_eventlines.py), one event with
+    every optional part set; ``label_x`` stands for any label."""
+    event = Event(
+        detector="congestion",
+        state="start",
+        severity=Severity.WARNING,
+        kind="traffic",
+        city="bandung",
+        district="coblong",
+        sensor_id="tr-1",
+        lane=1,
+        metric="averageVehicleSpeed",
+        value=20.0,
+        score=0.4,
+        event_ns=1,
+        detected_ns=2,
+        message="m",
+        labels={"x": "y"},
+    )
+    _m, tags, fields = _line_keys(encode_events([event]).data.decode())
+    return tags, fields
+
+
+def _written_names(widths_ms: list[int]) -> dict[str, tuple[set[str], set[str]]]:
+    """Measurement -> (tags, fields) the pipeline writes (outputs/_lineprotocol.py,
+    outputs/_eventlines.py)."""
+    names: dict[str, tuple[set[str], set[str]]] = {}
     for kind in Kind:
         metrics = [info.field for info in METRIC_INFO.values() if info.kind is kind]
-        names[kind.label] = {*metrics, "flags"}
+        names[kind.label] = (_TAGS, {*metrics, "flags"})
         for w in widths_ms:
-            names[f"{kind.label}_{window_label(w)}"] = {
-                f"{m}_{stat}"
-                for m in metrics
-                for stat in ("count", "mean", "min", "max", "std", "first", "last")
-            }
+            names[f"{kind.label}_{window_label(w)}"] = (
+                _TAGS,
+                {
+                    f"{m}_{stat}"
+                    for m in metrics
+                    for stat in ("count", "mean", "min", "max", "std", "first", "last")
+                },
+            )
+    names["aq_index"] = _index_keys()
+    names["events"] = _event_keys()
     return names
 
 
 _TAGS = {"city", "district", "sensor_id", "lane"}
+#: Columns every Flux table has besides tags and fields.
+_FLUX_COLUMNS = {"_measurement", "_field", "_value", "_time", "_start", "_stop"}
 
 
-def _queries() -> list[str]:
-    queries: list[str] = []
-    for path in DASHBOARDS.glob("*.json"):
+def _queries() -> list[tuple[str, str]]:
+    """(where, query) of every panel target and query variable of every dashboard."""
+    queries: list[tuple[str, str]] = []
+    paths = sorted(DASHBOARDS.glob("*.json"))
+    assert {p.name for p in paths} >= {
+        "pipeline-health.json",
+        "city-air-quality.json",
+        "traffic.json",
+    }
+    for path in paths:
         dashboard = json.loads(path.read_text())
+        assert dashboard["panels"], path.name
         for panel in dashboard["panels"]:
-            assert panel["datasource"]["uid"] == "urbanpulse-influxdb", panel["title"]
-            queries.extend(t["query"] for t in panel["targets"])
+            where = f"{path.name}: {panel['title']}"
+            assert panel["datasource"]["uid"] == "urbanpulse-influxdb", where
+            assert panel["targets"], where
+            queries.extend((where, t["query"]) for t in panel["targets"])
+        for var in dashboard["templating"]["list"]:
+            if var["type"] == "query":
+                where = f"{path.name}: ${var['name']}"
+                assert var["datasource"]["uid"] == "urbanpulse-influxdb", where
+                queries.append((where, var["query"]))
     return queries
+
+
+def _field_ok(name: str, allowed: set[str]) -> bool:
+    """``allowed`` holds ``label_x`` for events: any ``label_<key>`` is written."""
+    return name in allowed or (
+        "label_x" in allowed and re.fullmatch(r"label_\w+", name) is not None
+    )
+
+
+def check_query(q: str, written: dict[str, tuple[set[str], set[str]]]) -> list[str]:
+    """What in one Flux query the pipeline does not write (empty: all good)."""
+    problems: list[str] = []
+    measurements = set(re.findall(r'r\._measurement == "([^"]+)"', q))
+    fields = set(re.findall(r'r\._field == "([^"]+)"', q))
+    if not measurements:
+        return ["no r._measurement filter"]
+    if not fields:
+        problems.append("no r._field filter")
+    if re.search(r'r\["', q):
+        problems.append("use r.name, so that names can be checked")
+    if "from(bucket: v.defaultBucket)" not in q:
+        problems.append("not from(bucket: v.defaultBucket)")
+    unknown = measurements - written.keys()
+    if unknown:
+        return [*problems, f"unknown measurements {sorted(unknown)}"]
+    tags = set().union(*(written[m][0] for m in measurements))
+    allowed_fields = set().union(*(written[m][1] for m in measurements))
+    problems += [f"unknown field {f}" for f in sorted(fields) if not _field_ok(f, allowed_fields)]
+    made = set(re.findall(r"\{r with (\w+):", q))
+    # After a pivot on _field the fields are columns.
+    columns = tags | made | _FLUX_COLUMNS | (fields if "pivot(" in q else set())
+    used = set(re.findall(r"\br\.(\w+)", q))
+    for lists in re.findall(r"(?:columns|rowKey|columnKey): \[([^\]]*)\]", q):
+        used |= set(re.findall(r'"([^"]+)"', lists))
+    used |= set(re.findall(r'(?:column|valueColumn): "([^"]+)"', q))
+    problems += [f"unknown column {c}" for c in sorted(used - columns)]
+    return problems
 
 
 def test_dashboard_queries_use_only_what_the_pipeline_writes() -> None:
     widths = tomllib.loads(COMPOSE_TOML.read_text())["windows"]["widths_ms"]
     written = _written_names(widths)
     queries = _queries()
-    assert len(queries) >= 5
-    for q in queries:
-        measurements = set(re.findall(r'r\._measurement == "([^"]+)"', q))
-        fields = set(re.findall(r'r\._field == "([^"]+)"', q))
-        assert measurements, q
-        assert not re.search(r'r\["', q), "use r.name, so that names can be checked"
-        unknown = measurements - written.keys()
-        assert unknown == set(), unknown
-        allowed = set().union(*(written[m] for m in measurements))
-        assert fields, q
-        assert fields <= allowed, fields - allowed
-        assert "from(bucket: v.defaultBucket)" in q
-        for group in re.findall(r"group\(columns: \[([^\]]*)\]\)", q):
-            columns = set(re.findall(r'"([^"]+)"', group))
-            made = set(re.findall(r"\{r with (\w+):", q))
-            assert columns <= _TAGS | made | {"_measurement", "_field"}, columns
+    assert len(queries) >= 20
+    measurements = set()
+    for where, q in queries:
+        assert check_query(q, written) == [], (where, q)
+        measurements |= set(re.findall(r'r\._measurement == "([^"]+)"', q))
+    assert {"air", "traffic", "air_1m", "traffic_1m", "aq_index", "events"} <= measurements
 
 
-def test_the_dashboard_check_catches_a_misspelt_field() -> None:
+def test_the_dashboard_check_catches_a_misspelt_name() -> None:
     written = _written_names([60_000])
-    assert "pm25_mean" in written["air_1m"]
-    assert "pm2_5_mean" not in written["air_1m"]
     assert "air_15m" not in written  # only configured widths
-    assert "averageVehicleSpeed" in written["traffic"]
-    assert "flags" in written["air"]
+    assert {"scope", "sensor_id"} <= written["aq_index"][0]
+    assert {"ispu", "ispu_category", "ispu_pm25", "aqi_pm25", "n_sensors"} <= written["aq_index"][1]
+    assert {"detector", "state", "severity", "lane"} <= written["events"][0]
+    assert {"message", "value", "score", "detected_ns"} <= written["events"][1]
+    good = (
+        "from(bucket: v.defaultBucket)\n"
+        '  |> filter(fn: (r) => r._measurement == "air_1m" and r._field == "pm25_mean")\n'
+        '  |> group(columns: ["district"])'
+    )
+    assert check_query(good, written) == []
+    for wrong, right in [
+        ('"pm2_5_mean"', '"pm25_mean"'),
+        ('"air_15m"', '"air_1m"'),
+        ('["distrikt"]', '["district"]'),
+        ('r._field == "flags" or r.scope == "x"', 'r._field == "pm25_mean"'),
+        ("v.bucket", "v.defaultBucket"),
+    ]:
+        assert check_query(good.replace(right, wrong), written) != [], wrong
+    events = (
+        "from(bucket: v.defaultBucket)\n"
+        '  |> filter(fn: (r) => r._measurement == "events" and r.detector == "congestion"'
+        ' and r._field == "label_to")'
+    )
+    assert check_query(events, written) == []
+    assert check_query(events.replace("r.detector", "r.detektor"), written) != []
+    assert check_query(events.replace('"label_to"', '"labels_to"'), written) != []
+    index = (
+        "from(bucket: v.defaultBucket)\n"
+        '  |> filter(fn: (r) => r._measurement == "aq_index" and r._field == "ispu")\n'
+        '  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")\n'
+        '  |> sort(columns: ["ispu"])'
+    )
+    assert check_query(index, written) == []
+    assert check_query(index.replace('["ispu"]', '["ispu_cat"]'), written) != []
+    assert check_query(index.replace('"ispu")', '"ispu_cat")'), written) != []
+
+
+def _ispu_steps(defaults: dict[str, Any]) -> list[tuple[float | None, str]]:
+    return [(s["value"], s["color"].lower()) for s in defaults["thresholds"]["steps"]]
+
+
+def test_the_air_quality_dashboard_colours_ispu_by_the_official_categories() -> None:
+    expected: list[tuple[float | None, str]] = []
+    lower: float | None = None
+    for cat in ISPU_CATEGORIES:
+        expected.append((lower, cat.colour.lower()))
+        lower = cat.index_max + 1
+    assert expected[1] == (51.0, "#0000cc")
+    dashboard = json.loads((DASHBOARDS / "city-air-quality.json").read_text())
+    ispu_panels = [
+        p
+        for p in dashboard["panels"]
+        if any('r._field == "ispu"' in t["query"] for t in p["targets"])
+    ]
+    assert len(ispu_panels) >= 2
+    for panel in ispu_panels:
+        assert _ispu_steps(panel["fieldConfig"]["defaults"]) == expected, panel["title"]
+    names = {
+        name: spec["color"].lower()
+        for panel in dashboard["panels"]
+        for o in panel["fieldConfig"]["overrides"]
+        if o["matcher"]["options"] == "ispu_category"
+        for prop in o["properties"]
+        if prop["id"] == "mappings"
+        for mapping in prop["value"]
+        for name, spec in mapping["options"].items()
+    }
+    assert names == {c.name: c.colour.lower() for c in ISPU_CATEGORIES}
+    district = [q for _w, q in _queries() if 'r.scope == "district"' in q]
+    assert district
+
+
+def test_the_dashboards_filter_by_their_template_variables() -> None:
+    for name in ("city-air-quality.json", "traffic.json"):
+        dashboard = json.loads((DASHBOARDS / name).read_text())
+        variables = {v["name"] for v in dashboard["templating"]["list"]}
+        assert variables == {"city", "district"}, name
+        uids = [json.loads(p.read_text())["uid"] for p in DASHBOARDS.glob("*.json")]
+        assert len(uids) == len(set(uids))
+        for panel in dashboard["panels"]:
+            for target in panel["targets"]:
+                for var in variables:
+                    assert f"r.{var} =~ /^${{{var}:regex}}$/" in target["query"], (
+                        name,
+                        panel["title"],
+                        var,
+                    )
 
 
 def test_the_grafana_datasource_points_at_the_compose_influxdb() -> None:
