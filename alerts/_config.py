@@ -283,6 +283,9 @@ class AlertsConfig:
     tick_s: float = 1.0
     #: Bus subscription size for the dispatcher.
     subscription_maxsize: int = 100_000
+    #: The engine's state (open alerts, acks, groups, silences) is saved to
+    #: ``<queue.directory>/engine.json`` this often and on close, and loaded on start.
+    state_interval_s: float = 5.0
 
     def __post_init__(self) -> None:
         names = [r.name for r in self.receivers()]

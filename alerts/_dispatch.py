@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +68,14 @@ class AlertDispatcher:
         self.stats = {name: ReceiverStats() for name in self.receivers}
         self._wake = {name: asyncio.Event() for name in self.receivers}
         self._tasks: list[asyncio.Task[None]] = []
+        self.state_path = Path(qcfg.directory) / "engine.json"
+        self._saved_s = self.engine.clock.monotonic_s()
+        if engine is None and self.state_path.exists():
+            try:
+                self.engine.restore(json.loads(self.state_path.read_text()))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise ConfigError(f"alerts: cannot load {self.state_path}: {exc}") from exc
+        self._closed = False
         #: ``handle`` calls whose notifications could not be persisted (lost).
         self.outbox_errors = 0
 
@@ -87,6 +97,21 @@ class AlertDispatcher:
             self.queues[name].sync()
             self._wake[name].set()
         return notes
+
+    def save_state(self) -> None:
+        """Write the engine's snapshot atomically (temp file, fsync, rename)."""
+        tmp = self.state_path.with_suffix(".tmp")
+        body = json.dumps(self.engine.snapshot(), separators=(",", ":"))
+        try:
+            with open(tmp, "w") as fh:
+                fh.write(body)
+                fh.flush()
+                if self.config.queue.fsync:
+                    os.fsync(fh.fileno())
+            os.replace(tmp, self.state_path)
+        except OSError as exc:
+            raise OutputError(f"alerts: cannot save {self.state_path}: {exc}") from exc
+        self._saved_s = self.engine.clock.monotonic_s()
 
     def pending(self) -> dict[str, int]:
         return {name: len(q) for name, q in self.queues.items()}
@@ -164,9 +189,12 @@ class AlertDispatcher:
                     events = []
                 try:
                     self.handle(events)
+                    now_s = self.engine.clock.monotonic_s()
+                    if now_s - self._saved_s >= self.config.state_interval_s:
+                        self.save_state()
                 except OutputError as exc:  # the outbox cannot be written (disk full, ...)
                     self.outbox_errors += 1
-                    log.error("alerts: notifications lost, outbox not writable: %s", exc)
+                    log.error("alerts: %s", exc)
         finally:
             await self.close()
 
@@ -177,5 +205,11 @@ class AlertDispatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
-        for queue in self.queues.values():
-            queue.close()
+        if not self._closed:
+            self._closed = True
+            try:
+                self.save_state()
+            except OutputError as exc:
+                log.error("alerts: %s", exc)
+            for queue in self.queues.values():
+                queue.close()

@@ -499,6 +499,143 @@ class AlertEngine:
             del self._alerts[fp]
 
     @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    # ------------------------------------------------------------ persistence
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-able state: open and recently resolved alerts (with acks), series
+        hysteresis, groups (what each receiver was told), silences. Monotonic times
+        are stored as ages. Flap windows are not kept."""
+        now_s = self._clock.monotonic_s()
+        alerts = [
+            {
+                "fingerprint": a.fingerprint,
+                "series": a.series,
+                "labels": a.labels,
+                "annotations": a.annotations,
+                "state": a.state,
+                "starts_ns": a.starts_ns,
+                "ends_ns": a.ends_ns,
+                "opened_age_s": now_s - a.opened_s,
+                "resolved_age_s": now_s - a.resolved_s if a.state == "resolved" else None,
+                "value": a.value if math.isfinite(a.value) else None,
+                "acked_by": a.acked_by,
+                "ack_comment": a.ack_comment,
+                "acked_ns": a.acked_ns,
+            }
+            for a in self._alerts.values()
+        ]
+        series = {
+            key: {
+                "want_active": s.want_active,
+                "want_severity": s.want_severity,
+                "alert": s.alert.fingerprint if s.alert is not None else None,
+            }
+            for key, s in self._series.items()
+            if s.alert is not None or s.want_active
+        }
+        groups = [
+            {
+                "route": g.route.name,
+                "receiver": g.receiver,
+                "labels": g.labels,
+                "created_age_s": now_s - g.created_s,
+                "members": sorted(g.members),
+                "sent": g.sent,
+                "sent_age_s": None if g.sent_s == -math.inf else now_s - g.sent_s,
+            }
+            for g in self._groups.values()
+        ]
+        silences = [
+            {
+                "id": x.id,
+                "matchers": [str(m) for m in x.matchers],
+                "starts_ns": x.starts_ns,
+                "ends_ns": x.ends_ns,
+                "created_by": x.created_by,
+                "comment": x.comment,
+            }
+            for x in self._silences.values()
+            if x.ends_ns > self._clock.now_ns()
+        ]
+        return {
+            "version": 1,
+            "alerts": alerts,
+            "series": series,
+            "groups": groups,
+            "silences": silences,
+        }
+
+    def restore(self, data: Mapping[str, Any]) -> None:
+        """Load a :meth:`snapshot` into an empty engine. Groups whose route or
+        receiver no longer exists are dropped."""
+        if data.get("version") != 1:
+            raise UrbanPulseError(f"alert state version {data.get('version')!r} not understood")
+        now_s = self._clock.monotonic_s()
+        for item in data["alerts"]:
+            alert = Alert(
+                fingerprint=item["fingerprint"],
+                series=item["series"],
+                labels=dict(item["labels"]),
+                annotations=dict(item["annotations"]),
+                state=item["state"],
+                starts_ns=int(item["starts_ns"]),
+                ends_ns=int(item["ends_ns"]),
+                opened_s=now_s - float(item["opened_age_s"]),
+                value=math.nan if item["value"] is None else float(item["value"]),
+                acked_by=item["acked_by"],
+                ack_comment=item["ack_comment"],
+                acked_ns=int(item["acked_ns"]),
+            )
+            if item["resolved_age_s"] is not None:
+                alert.resolved_s = now_s - float(item["resolved_age_s"])
+            self._alerts[alert.fingerprint] = alert
+        for key, item in data["series"].items():
+            series = _Series(
+                want_active=bool(item["want_active"]), want_severity=item["want_severity"]
+            )
+            fp = item["alert"]
+            series.alert = self._alerts.get(fp) if fp else None
+            self._series[key] = series
+            if series.alert is not None and series.alert.state == "pending":
+                self._watch.add(key)
+        routes = {r.name: r for r in self.config.routes}
+        for item in data["groups"]:
+            route = routes.get(item["route"])
+            if route is None or item["receiver"] not in route.receivers:
+                continue
+            labels = dict(item["labels"])
+            key = f"{route.name}/{item['receiver']}/" + ",".join(
+                f"{k}={v}" for k, v in sorted(labels.items())
+            )
+            sent_age = item["sent_age_s"]
+            self._groups[key] = _Group(
+                key=key,
+                route=route,
+                receiver=item["receiver"],
+                labels=labels,
+                created_s=now_s - float(item["created_age_s"]),
+                members={fp: self._alerts[fp] for fp in item["members"] if fp in self._alerts},
+                sent=dict(item["sent"]),
+                sent_s=-math.inf if sent_age is None else now_s - float(sent_age),
+            )
+        top = 0
+        for item in data["silences"]:
+            silence = Silence(
+                id=item["id"],
+                matchers=tuple(Matcher.parse(m) for m in item["matchers"]),
+                starts_ns=int(item["starts_ns"]),
+                ends_ns=int(item["ends_ns"]),
+                created_by=item["created_by"],
+                comment=item["comment"],
+            )
+            self._silences[silence.id] = silence
+            if silence.id[1:].isdigit():
+                top = max(top, int(silence.id[1:]))
+        self._silence_ids = itertools.count(top + 1)
+
+    @property
     def series_tracked(self) -> int:
         """Series remembered (open alert, hysteresis band, flap window)."""
         return len(self._series)

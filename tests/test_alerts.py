@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -359,3 +360,63 @@ def test_config_loads_from_plain_data_with_pydantic() -> None:
     assert hook.quiet_hours is not None
     assert hook.quiet_hours.timezone == "Asia/Jakarta"
     assert cfg.lifecycle.thresholds[0].reset == 90
+
+
+def test_snapshot_restore_keeps_alerts_groups_silences_and_acks() -> None:
+    import json
+
+    clock = ManualClock()
+    life = LifecycleConfig(for_s=60, flap_transitions=0)
+    route = Route(name="r", receivers=("ops",), group_by=("district",), group_wait_s=0)
+    eng = engine(clock, life=life, route=route)
+    eng.ingest([ev(sensor="s1")])
+    clock.advance(60)
+    assert len(eng.tick()) == 1
+    eng.ack(eng.alerts("firing")[0].fingerprint, by="budi")
+    eng.ingest([ev(sensor="s2")])  # pending, 30 s to go
+    clock.advance(30)
+    eng.tick()
+    silence = eng.add_silence(["sensor_id=s9"], duration_s=3600, created_by="ani")
+    state = json.loads(json.dumps(eng.snapshot()))
+
+    clock2 = ManualClock(start_ns=clock.now_ns())
+    clock2.advance(1000)  # a fresh process: other monotonic origin
+    new = engine(clock2, life=life, route=route)
+    new.restore(state)
+    assert {a.labels["sensor_id"]: a.state for a in new.alerts()} == {
+        "s1": "firing",
+        "s2": "pending",
+    }
+    assert [s.id for s in new.silences(active_only=True)] == [silence.id]
+    assert new.add_silence(["a=b"], duration_s=1, created_by="x").id != silence.id
+    clock2.advance(29)
+    assert new.tick() == []
+    clock2.advance(1)
+    (note,) = new.tick()  # s2 fires after the rest of its for_s; s1 is not new to ops
+    assert statuses(note.payload) == [("s1", "firing"), ("s2", "firing")]
+    s1 = note.payload["alerts"][0]
+    assert s1["annotations"]["acknowledged_by"] == "budi"
+    new.ingest([ev("end", sensor="s1")])  # the detector's end after a restart resolves it
+    clock2.advance(60)
+    (note,) = new.tick()
+    assert ("s1", "resolved") in statuses(note.payload)
+
+
+def test_dispatcher_saves_state_on_close_and_loads_it(tmp_path: Path) -> None:
+    import asyncio
+
+    from alerts import AlertDispatcher, QueueConfig
+
+    cfg = AlertsConfig(queue=QueueConfig(directory=str(tmp_path), fsync=False))
+    clock = ManualClock()
+
+    async def first() -> None:
+        disp = AlertDispatcher(cfg, [], clock=clock)
+        disp.handle([ev(sensor="s1")])
+        disp.engine.add_silence(["sensor_id=s1"], duration_s=600, created_by="ani")
+        await disp.close()
+
+    asyncio.run(first())
+    disp = AlertDispatcher(cfg, [], clock=clock)
+    assert [a.labels["sensor_id"] for a in disp.engine.alerts("firing")] == ["s1"]
+    assert disp.engine.silenced({"sensor_id": "s1"})
