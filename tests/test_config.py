@@ -134,3 +134,35 @@ def test_example_config_in_deploy_is_valid(tmp_path: Path) -> None:
     assert s.mqtt.topic_pattern.endswith("{sensor_id}")
     assert s.mqtt.password is not None
     assert s.ingest.limits == {"pm25": (0.0, 2000.0)}
+
+
+def test_alert_receivers_load_from_toml_and_their_secrets_are_masked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _toml(
+        tmp_path,
+        """
+[[alerts.webhooks]]
+name = "ops"
+url = "https://ops.kota.example/hook"
+secret = "hmac-shared-secret"
+
+[[alerts.routes]]
+name = "air"
+receivers = ["ops"]
+matchers = ["severity=~warning|critical"]
+""",
+    )
+    s = load_settings(path)
+    assert s.alerts.webhooks[0].secret == "hmac-shared-secret"
+    assert s.alerts.routes[0].receivers == ("ops",)
+    assert main(["config", "check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "hmac-shared-secret" not in out
+    assert json.loads(out)["alerts"]["webhooks"][0]["secret"] == "**********"
+
+
+def test_a_route_to_an_unknown_receiver_is_refused(tmp_path: Path) -> None:
+    path = _toml(tmp_path, '[[alerts.routes]]\nname = "x"\nreceivers = ["nobody"]\n')
+    with pytest.raises(ConfigError, match="unknown receiver"):
+        load_settings(path)

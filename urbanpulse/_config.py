@@ -19,6 +19,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from alerts._config import AlertsConfig
 from urbanpulse._errors import ConfigError
 
 __all__ = [
@@ -318,6 +319,8 @@ class Settings(BaseSettings):
     log: LogSettings = LogSettings()
     spool: SpoolSettings = SpoolSettings()
     web: WebSettings = WebSettings()
+    #: Alert lifecycle, routes and receivers (docs/alerts.md).
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     #: Open windows and the series registry are checkpointed here on a clean
     #: stop and restored on start; empty to keep no state.
     state_dir: Path | None = Path("var/state")
@@ -361,6 +364,21 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     return loaded
 
 
+_SECRET_KEYS = frozenset({"password", "token", "secret"})
+
+
+def _mask(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: ("**********" if k in _SECRET_KEYS and v else _mask(v)) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_mask(v) for v in value]
+    return value
+
+
 def masked_dump(settings: Settings) -> dict[str, Any]:
-    """The effective settings as plain data, secrets shown as '**********'."""
-    return settings.model_dump(mode="json")
+    """The effective settings as plain data, secrets shown as '**********' (SecretStr
+    fields, and the plain-string secrets of the alert receivers)."""
+    dumped: dict[str, Any] = _mask(settings.model_dump(mode="json"))
+    return dumped

@@ -149,16 +149,28 @@ def _shard_overrides(settings: Settings, args: argparse.Namespace) -> Settings:
 
 
 async def _run(settings: Settings) -> int:
+    from alerts import AlertDispatcher, build_receivers
     from urbanpulse._app import build_pipeline
 
     pipeline = build_pipeline(settings)
     _install_signals(pipeline.request_stop)
+    mqtt = pipeline.mqtt
+    assert mqtt is not None
+    dispatcher = AlertDispatcher(
+        settings.alerts, build_receivers(settings.alerts, publish=mqtt.publish)
+    )
+    alerts_task = asyncio.create_task(
+        dispatcher.run(
+            pipeline.bus.subscribe("alerts", maxsize=settings.alerts.subscription_maxsize)
+        ),
+        name="alerts",
+    )
     web = None
     if settings.web.enabled:
         from urbanpulse._app import web_options
         from web import WebServer
 
-        web = WebServer(web_options(settings), pipeline)
+        web = WebServer(web_options(settings), pipeline, alerts=dispatcher)
         await web.start()
     log.info(
         "urbanpulse running",
@@ -174,6 +186,9 @@ async def _run(settings: Settings) -> int:
     finally:
         if web is not None:
             await web.close()
+        alerts_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await alerts_task
     return 0
 
 
