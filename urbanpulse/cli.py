@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -348,6 +349,7 @@ async def _demo(settings: Settings, args: argparse.Namespace) -> int:
         update={"mqtt": mqtt, "sim": sim, "state_dir": out_dir / "state", "spool": spool}
     )
     pipeline = build_pipeline(settings, writer=writer)
+    web = await _demo_web(settings, pipeline)
     # Event time starts a day back so that a fast replay stays behind the clock
     # (readings from the future are refused by the clock-skew policy).
     day_ns = 86_400 * 10**9
@@ -374,6 +376,8 @@ async def _demo(settings: Settings, args: argparse.Namespace) -> int:
             "         or curl -XPOST 'http://localhost:8086/write?db=urbanpulse&precision=ns' "
             f"--data-binary @{files_dir}/urbanpulse-000001.lp   (1.x)"
         )
+    if web is not None:
+        print(f"  dashboard: http://127.0.0.1:{web.port}/  (API: /api/sensors, /metrics)")
     print("  stop with Ctrl-C; everything buffered is flushed first.\n", flush=True)
 
     stop = asyncio.Event()
@@ -401,11 +405,35 @@ async def _demo(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         pipeline.request_stop()
         await pipe_task
+        if web is not None:
+            await web.close()
         await broker.shutdown()
     _print_demo_status(pipeline.snapshot_stats())
     where = _output_url(settings) if external else f"{files_dir}/"
     print(f"done. Points are in {where}")
     return 0
+
+
+async def _demo_web(settings: Settings, pipeline: Any) -> Any:
+    """The dashboard for the demo, on web.port or, if that is taken, any free port."""
+    if not settings.web.enabled:
+        return None
+    from sim._runner import resolve_fleet
+    from urbanpulse._app import sim_options, web_options
+    from urbanpulse._errors import ConfigError
+    from web import WebServer, directory_of_fleet
+
+    directory = directory_of_fleet(resolve_fleet(sim_options(settings)))
+    options = web_options(settings)
+    for attempt in (options, replace(options, port=0)):
+        web = WebServer(attempt, pipeline, directory=directory)
+        try:
+            await web.start()
+        except (ConfigError, OSError):
+            web.detach()
+            continue
+        return web
+    return None
 
 
 def _output_url(settings: Settings) -> str:
