@@ -504,14 +504,23 @@ class WebServer:
         if self.alerts is not None:
             engine = self.alerts.engine
             open_alerts = [a for a in engine.alerts() if a.state != "resolved"]
+            silences = engine.silences(active_only=True)
+            docs = []
+            for a in open_alerts:
+                doc = self._alert_json(a)
+                # 0: not silenced; else the end of the longest active silence matching it
+                doc["silenced_until_ns"] = max(
+                    (x.ends_ns for x in silences if x.matches(a.labels)), default=0
+                )
+                docs.append(doc)
             return Response.json(
                 200,
                 {
                     "source": "alerts",
-                    "alerts": [self._alert_json(a) for a in open_alerts],
+                    "alerts": docs,
                     "silences": [
                         {"id": x.id, "matchers": [str(m) for m in x.matchers], "ends_ns": x.ends_ns}
-                        for x in engine.silences(active_only=True)
+                        for x in silences
                     ],
                 },
             )
