@@ -6,6 +6,7 @@ and Grafana dashboard, checked against the Settings model and the schema.
 from __future__ import annotations
 
 import configparser
+import itertools
 import json
 import os
 import re
@@ -31,11 +32,19 @@ from servers import MosquittoServer, free_port
 
 from outputs import window_label
 from outputs._eventlines import encode_events, encode_index_rows
-from processors import AQI_POLLUTANTS, DEFAULT_ISPU_TABLE, ISPU_CATEGORIES, IndexRows
+from processors import (
+    AQI_POLLUTANTS,
+    DEFAULT_ISPU_TABLE,
+    ISPU_CATEGORIES,
+    DetectorConfig,
+    IndexRows,
+    build_detectors,
+)
+from processors._detect_core import STATE_NAMES, DetectionRow
 from urbanpulse import SeriesKey, SeriesRegistry
 from urbanpulse._config import Settings, load_settings
 from urbanpulse._events import Event, Severity
-from urbanpulse._schema import METRIC_INFO, Kind
+from urbanpulse._schema import METRIC_INFO, Kind, Metric
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -966,9 +975,9 @@ def _line_keys(line: str) -> tuple[str, set[str], set[str]]:
     )
 
 
-def _index_keys() -> tuple[set[str], set[str]]:
-    """Tag and field keys of ``aq_index`` as outputs/_eventlines.py encodes them:
-    one sensor row and one district row with every value present."""
+def _index_lines() -> str:
+    """``aq_index`` lines as outputs/_eventlines.py encodes them: one sensor row and
+    one district row with every value present."""
     n_ispu, n_aqi = len(DEFAULT_ISPU_TABLE.pollutants), len(AQI_POLLUTANTS)
     registry = SeriesRegistry()
     sid = registry.resolve(SeriesKey("bandung", "coblong", Kind.AIR, "aq-1"))
@@ -988,12 +997,17 @@ def _index_keys() -> tuple[set[str], set[str]]:
         aqi_sub=np.full((2, n_aqi), 70.0),
         aqi_mean=np.array([70.0, 70.0]),
     )
-    text = encode_index_rows(
+    return encode_index_rows(
         rows,
         registry=registry,
         district_keys=[("bandung", "coblong")],
         ispu_pollutants=DEFAULT_ISPU_TABLE.pollutants,
     ).data.decode()
+
+
+def _index_keys() -> tuple[set[str], set[str]]:
+    """Tag and field keys of ``aq_index``."""
+    text = _index_lines()
     # Category names hold spaces ("Tidak Sehat" is not among these rows: Sedang).
     tags: set[str] = set()
     fields: set[str] = set()
@@ -1051,6 +1065,42 @@ def _written_names(widths_ms: list[int]) -> dict[str, tuple[set[str], set[str]]]
 
 
 _TAGS = {"city", "district", "sensor_id", "lane"}
+
+
+def _detector_labels() -> dict[str, set[str]]:
+    """Event ``detector`` name -> its label keys, from the detectors' own ``describe``
+    over every code, state, metric and kind (combinations a detector does not
+    describe raise and are skipped). Index (``ispu``, ``aqi``) and ``cardinality``
+    events are not included: no dashboard filters on them."""
+    out: dict[str, set[str]] = {}
+    for det in build_detectors(DetectorConfig()):
+        for kind in Kind:
+            key = SeriesKey("c", "d", kind, "s", lane=1)
+            for code, state, metric in itertools.product(range(4), range(3), [None, *Metric]):
+                row = DetectionRow(
+                    key=key, metric=metric, code=code, state=state, ts_ns=1,
+                    value=1.0, score=0.5, ref=2.0, label=1,
+                )  # fmt: skip
+                try:
+                    text = det.describe(row)
+                except (IndexError, KeyError, TypeError, ValueError):
+                    continue
+                out.setdefault(text.detector, set()).update(text.labels)
+    return out
+
+
+def _tag_values() -> dict[str, set[str]]:
+    """Values a dashboard may compare these tags with (``r.tag == "value"``)."""
+    scopes = set(re.findall(r"scope=(\w+)", _index_lines()))
+    return {
+        "detector": set(_detector_labels()),
+        "kind": {k.label for k in Kind},
+        "scope": scopes,
+        "severity": {s.label for s in Severity},
+        "state": set(STATE_NAMES),
+    }
+
+
 #: Columns every Flux table has besides tags and fields.
 _FLUX_COLUMNS = {"_measurement", "_field", "_value", "_time", "_start", "_stop"}
 
@@ -1114,7 +1164,23 @@ def check_query(q: str, written: dict[str, tuple[set[str], set[str]]]) -> list[s
         used |= set(re.findall(r'"([^"]+)"', lists))
     used |= set(re.findall(r'(?:column|valueColumn): "([^"]+)"', q))
     problems += [f"unknown column {c}" for c in sorted(used - columns)]
+    for tag, values in _TAG_VALUES.items():
+        for value in re.findall(rf'r\.{tag} == "([^"]*)"', q):
+            if value not in values:
+                problems.append(f"{tag} {value!r} is never written")
+    detectors = set(re.findall(r'r\.detector == "([^"]*)"', q)) & _DETECTOR_LABELS.keys()
+    if detectors:
+        labels = set().union(*(_DETECTOR_LABELS[d] for d in detectors))
+        problems += [
+            f"no detector of {sorted(detectors)} has label {f[6:]}"
+            for f in sorted(fields)
+            if f.startswith("label_") and f[6:] not in labels
+        ]
     return problems
+
+
+_DETECTOR_LABELS = _detector_labels()
+_TAG_VALUES = _tag_values()
 
 
 def test_dashboard_queries_use_only_what_the_pipeline_writes() -> None:
@@ -1150,14 +1216,24 @@ def test_the_dashboard_check_catches_a_misspelt_name() -> None:
         ("v.bucket", "v.defaultBucket"),
     ]:
         assert check_query(good.replace(right, wrong), written) != [], wrong
-    events = (
+    los = (
         "from(bucket: v.defaultBucket)\n"
-        '  |> filter(fn: (r) => r._measurement == "events" and r.detector == "congestion"'
-        ' and r._field == "label_to")'
+        '  |> filter(fn: (r) => r._measurement == "events" and r.detector == "level_of_service"'
+        ' and r.state == "change" and r.severity == "info" and r._field == "label_to")'
     )
-    assert check_query(events, written) == []
-    assert check_query(events.replace("r.detector", "r.detektor"), written) != []
-    assert check_query(events.replace('"label_to"', '"labels_to"'), written) != []
+    assert check_query(los, written) == []
+    for wrong, right in [
+        ("r.detektor", "r.detector"),
+        ('"labels_to"', '"label_to"'),
+        ('"label_too"', '"label_to"'),
+        ('"level_of_servis"', '"level_of_service"'),
+        ('"congestion"', '"level_of_service"'),  # congestion events have no label "to"
+        ('"changed"', '"change"'),
+        ('"informational"', '"info"'),
+    ]:
+        assert check_query(los.replace(right, wrong), written) != [], wrong
+    assert _TAG_VALUES["scope"] == {"sensor", "district"}
+    assert {"range", "dead", "congestion", "level_of_service"} <= _DETECTOR_LABELS.keys()
     index = (
         "from(bucket: v.defaultBucket)\n"
         '  |> filter(fn: (r) => r._measurement == "aq_index" and r._field == "ispu")\n'
