@@ -20,6 +20,8 @@ COPY ingest ./ingest
 COPY processors ./processors
 COPY outputs ./outputs
 COPY sim ./sim
+COPY alerts ./alerts
+COPY web ./web
 RUN pip wheel --wheel-dir /wheels .
 
 # -------------------------------------------------------------------------- runtime

@@ -709,7 +709,7 @@ def _third_party_imports() -> set[str]:
     import ast
     import sys
 
-    local = {"urbanpulse", "ingest", "processors", "outputs", "sim", "__future__"}
+    local = {"urbanpulse", "ingest", "processors", "outputs", "sim", "alerts", "web", "__future__"}
     found: set[str] = set()
     for package in sorted(local - {"__future__"}):
         for path in (ROOT / package).rglob("*.py"):

@@ -167,15 +167,26 @@ OPENAPI: Final[dict[str, Any]] = {
         },
         "/api/alerts": {
             "get": {
-                "summary": "open conditions (detector events started and not ended)",
+                "summary": (
+                    "open alerts from the alerts dispatcher (state, acked_by, "
+                    "silenced_until_ns); without a dispatcher, open detector conditions"
+                ),
                 "responses": {"200": _ok(_list("alerts", "#/components/schemas/Event"))},
             }
         },
         "/api/alerts/{id}/ack": {
-            "post": {"summary": "acknowledge (not implemented)", "responses": _NOT_IMPLEMENTED}
+            "post": {
+                "summary": 'acknowledge an alert by fingerprint; body {"by": name, "comment": text}'
+                " (501 without an alerts dispatcher)",
+                "responses": _NOT_IMPLEMENTED,
+            }
         },
         "/api/alerts/{id}/silence": {
-            "post": {"summary": "silence (not implemented)", "responses": _NOT_IMPLEMENTED}
+            "post": {
+                "summary": 'silence an alert\'s series; body {"duration_s": s, "by": name}'
+                " (501 without an alerts dispatcher)",
+                "responses": _NOT_IMPLEMENTED,
+            }
         },
         "/api/events": {
             "get": {
