@@ -8,17 +8,16 @@ proves the flush on exit.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import pytest
+from harness import LogReader, urbanpulse_env
 from servers import MosquittoServer, VictoriaMetricsServer
 
 pytestmark = pytest.mark.integration
@@ -26,39 +25,7 @@ pytestmark = pytest.mark.integration
 N = 1500
 
 
-def _env(**values: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("URBANPULSE_")}
-    env["URBANPULSE_WEB__PORT"] = "0"  # an ephemeral port: tests run several processes
-    env.update({f"URBANPULSE_{k}": v for k, v in values.items()})
-    return env
-
-
-class LogReader:
-    """Collects the JSON log lines of a process in a thread."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self.lines: list[dict[str, Any]] = []
-        self.text: list[str] = []
-        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
-        self._thread.start()
-
-    def _read(self, stream: IO[str]) -> None:
-        for line in stream:
-            self.text.append(line)
-            try:
-                self.lines.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-
-    def last_stats(self) -> dict[str, Any] | None:
-        for rec in reversed(self.lines):
-            if "stats" in rec:
-                stats: dict[str, Any] = rec["stats"]
-                return stats
-        return None
-
-    def join(self) -> None:
-        self._thread.join(10)
+_env = urbanpulse_env
 
 
 def test_run_then_sigterm_flushes_everything(
