@@ -114,6 +114,24 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--scenario", type=Path, help="a scenario file (default: random, seeded)")
     ev.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
+    al = sub.add_parser(
+        "alerts", help="open alerts, acknowledge, silence (talks to the running pipeline)"
+    )
+    al_sub = al.add_subparsers(dest="alerts_command", required=True)
+    al_sub.add_parser("list", help="the open alerts")
+    ack = al_sub.add_parser("ack", help="acknowledge an alert")
+    ack.add_argument("fingerprint")
+    ack.add_argument("--by", required=True, help="operator name")
+    ack.add_argument("--comment", default="")
+    sil = al_sub.add_parser("silence", help="silence alerts matching labels for a while")
+    sil.add_argument(
+        "-m", "--match", action="append", required=True,
+        help="label matcher, e.g. district=coblong or alertname=~spike|range (repeatable)",
+    )  # fmt: skip
+    sil.add_argument("--duration", type=float, default=3600.0, help="seconds (3600)")
+    sil.add_argument("--by", required=True, help="operator name")
+    sil.add_argument("--comment", default="")
+
     spool = sub.add_parser("spool", help="the disk spool: show it, or write it to the database")
     spool_sub = spool.add_subparsers(dest="spool_command", required=True)
     spool_sub.add_parser("status", help="segments, size, records not yet in the database")
@@ -487,6 +505,43 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- alerts ------------------------------------------------------------------------------
+def _alerts_cli(settings: Settings, args: argparse.Namespace) -> int:
+    """A small client of the running pipeline's HTTP API (web.host, web.port, token)."""
+    import urllib.error
+    import urllib.request
+
+    w = settings.web
+    host = "127.0.0.1" if w.host in ("0.0.0.0", "::", "") else w.host
+    base = f"http://{host}:{w.port}"
+    headers = {"Content-Type": "application/json"}
+    if w.token is not None:
+        headers["Authorization"] = f"Bearer {w.token.get_secret_value()}"
+    if args.alerts_command == "list":
+        method, path, body = "GET", "/api/alerts", None
+    elif args.alerts_command == "ack":
+        method, path = "POST", f"/api/alerts/{args.fingerprint}/ack"
+        body = {"by": args.by, "comment": args.comment}
+    else:
+        method, path = "POST", "/api/silences"
+        body = {
+            "matchers": args.match,
+            "duration_s": args.duration,
+            "by": args.by,
+            "comment": args.comment,
+        }
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(base + path, data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            print(json.dumps(json.loads(resp.read()), indent=2))
+    except urllib.error.HTTPError as exc:
+        raise UrbanPulseError(f"{method} {path}: HTTP {exc.code}: {exc.read().decode()}") from exc
+    except OSError as exc:
+        raise UrbanPulseError(f"cannot reach the pipeline at {base}: {exc}") from exc
+    return 0
+
+
 # -- spool -------------------------------------------------------------------------------
 def _spool_status(settings: Settings) -> int:
     from dataclasses import asdict
@@ -570,6 +625,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_demo(settings, args))
         if args.command == "evaluate":
             return _evaluate(args)
+        if args.command == "alerts":
+            return _alerts_cli(settings, args)
         if args.command == "spool":
             if args.spool_command == "status":
                 return _spool_status(settings)

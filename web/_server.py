@@ -353,6 +353,8 @@ class WebServer:
         if req.method == "POST":
             if path.startswith("/api/alerts/") and path.endswith(("/ack", "/silence")):
                 return self._alert_action(req, path)
+            if path == "/api/silences":
+                return self._new_silence(req)
             return Response.error(405, "POST is only for alert actions")
         if path == "/":
             page = importlib.resources.files("web").joinpath("static/dashboard.html").read_bytes()
@@ -434,6 +436,39 @@ class WebServer:
             event_json(e) for e in self.live.conditions.open.values() if e.sensor_id == sensor_id
         ]
         return Response.json(200, doc)
+
+    def _new_silence(self, req: Request) -> Response:
+        """``POST /api/silences`` ``{"matchers": ["district=coblong", ...], "duration_s",
+        "by", "comment"}``: a time-bounded silence by label matchers (no alert needed)."""
+        if self.alerts is None:
+            return Response.error(501, "silences need the alerts dispatcher")
+        try:
+            body = orjson.loads(req.body or b"{}")
+        except orjson.JSONDecodeError:
+            return Response.error(400, "the body must be JSON")
+        if not isinstance(body, dict) or not isinstance(body.get("matchers"), list):
+            return Response.error(400, "the body must be an object with a 'matchers' list")
+        by = str(body.get("by") or "")
+        if not by or not body["matchers"]:
+            return Response.error(400, "a silence needs 'by' and at least one matcher")
+        try:
+            silence = self.alerts.engine.add_silence(
+                [Matcher.parse(str(m)) for m in body["matchers"]],
+                duration_s=float(body.get("duration_s", 3600.0)),
+                created_by=by,
+                comment=str(body.get("comment") or ""),
+            )
+        except (ConfigError, TypeError, ValueError) as exc:
+            return Response.error(400, str(exc))
+        return Response.json(
+            200,
+            {
+                "id": silence.id,
+                "matchers": [str(m) for m in silence.matchers],
+                "starts_ns": silence.starts_ns,
+                "ends_ns": silence.ends_ns,
+            },
+        )
 
     def _alert_action(self, req: Request, path: str) -> Response:
         """``POST /api/alerts/{fingerprint}/ack`` ``{"by", "comment"}`` and
