@@ -129,3 +129,23 @@ def test_alert_actions_without_a_dispatcher_are_not_implemented() -> None:
             await server.close()
 
     asyncio.run(go())
+
+
+def test_an_update_goes_out_when_only_the_alert_counts_change(tmp_path: Path) -> None:
+    """Regression: the district table's open-alert count stayed 0 when an alert
+    opened without a new event reaching the web server's subscription."""
+    clock = ManualClock(T0_NS)
+    pipeline = Pipeline(PipelineOptions(), writer=NullWriter(), clock=clock)
+    dispatcher = AlertDispatcher(
+        AlertsConfig(queue=QueueConfig(directory=str(tmp_path), fsync=False)), [], clock=clock
+    )
+    server = WebServer(WebOptions(port=0), pipeline, alerts=dispatcher)
+    server.tick()  # the empty initial state
+    assert server.tick() is None  # nothing changed
+    dispatcher.handle([_event("start", "aq-1")])  # straight to the dispatcher, not the bus
+    msg = server.tick()
+    assert msg is not None
+    doc = json.loads(msg.split(b"data: ", 1)[1])
+    counts = {d["district"]: d["open_alerts"] for d in doc["districts"]}
+    assert counts.get("cikaso") == 1
+    assert server.tick() is None

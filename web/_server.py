@@ -145,6 +145,7 @@ class WebServer:
         self._tick_task: asyncio.Task[None] | None = None
         #: Rows whose static columns every stream client has (snapshot or update).
         self._announced = 0
+        self._last_alert_counts: dict[tuple[str, str], int] | None = None
         self.sse_messages = 0
         self.sse_dropped_clients = 0
         pipeline.batch_listeners.append(self._on_batch)
@@ -226,8 +227,13 @@ class WebServer:
         self.live.conditions.apply(events)
         rows = self.live.take_dirty()
         n = len(self.live)
-        if not events and not rows.shape[0] and n == self._announced:
+        # Alert states move on the dispatcher's own clock (pending -> firing,
+        # acknowledged, resolved) without an event reaching this subscription.
+        alert_counts = self._alert_counts()
+        alerts_changed = alert_counts != self._last_alert_counts
+        if not events and not rows.shape[0] and n == self._announced and not alerts_changed:
             return None
+        self._last_alert_counts = alert_counts
         self.live.refresh_indices(self.pipeline.indices, rows)
         doc = {
             "now_ns": self.clock.now_ns(),
@@ -390,15 +396,19 @@ class WebServer:
             return StreamResponse(self._stream)
         return Response.error(404, f"no such path: {path}")
 
+    def _alert_counts(self) -> dict[tuple[str, str], int] | None:
+        """Open alerts per (city, district) from the dispatcher; None without one."""
+        if self.alerts is None:
+            return None
+        counts: dict[tuple[str, str], int] = {}
+        for a in self.alerts.engine.alerts():
+            if a.state != "resolved":
+                key = (a.labels.get("city", ""), a.labels.get("district", ""))
+                counts[key] = counts.get(key, 0) + 1
+        return counts
+
     def _district_rows(self) -> list[dict[str, Any]]:
-        counts: dict[tuple[str, str], int] | None = None
-        if self.alerts is not None:
-            counts = {}
-            for a in self.alerts.engine.alerts():
-                if a.state != "resolved":
-                    key = (a.labels.get("city", ""), a.labels.get("district", ""))
-                    counts[key] = counts.get(key, 0) + 1
-        return self.live.district_rows(counts)
+        return self.live.district_rows(self._alert_counts())
 
     def _ready(self) -> Response:
         mqtt = self.pipeline.mqtt
