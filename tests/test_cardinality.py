@@ -85,12 +85,11 @@ def test_the_pipeline_raises_one_event_per_minute_while_refusing() -> None:
     sub = p.bus.subscribe("test")
     for _ in range(3):
         p.process(RawBatch(*_msgs(range(5))))
-        events, p._pending_events = p._pending_events, []
-        p.bus.publish(events)
+        p.bus.publish(p.take_events())
     got = sub.get_nowait()
     assert [e.detector for e in got] == ["cardinality"]
     assert "refused 3" in got[0].message
     clock.advance(61)
     p.process(RawBatch(*_msgs(range(5))))
-    assert [e.detector for e in p._pending_events] == ["cardinality"]
+    assert [e.detector for e in p.take_events()] == ["cardinality"]
     assert p.deadletters.by_reason["cardinality_limit"] == 12

@@ -54,7 +54,7 @@ def _feed(pipeline: Pipeline, messages: list[tuple[str, bytes]]) -> None:
 def _publish_detections(pipeline: Pipeline) -> None:
     """What the pipeline's runtime does after ``process``: its detector events go
     on the bus (to the web server's and the alerts dispatcher's subscriptions)."""
-    events, pipeline._pending_events = pipeline._pending_events, []
+    events = pipeline.take_events()
     pipeline.publish_events(events)
 
 

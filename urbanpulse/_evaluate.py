@@ -121,8 +121,7 @@ def _run(
         if until_ns >= next_index_ns:
             events.extend(pipeline.indices.evaluate().events)
             next_index_ns += round(opts.index_interval_s * 1e9)
-        events.extend(pipeline._pending_events)
-        pipeline._pending_events.clear()
+        events.extend(pipeline.take_events())
     events.extend(pipeline.indices.evaluate().events)
     if pipeline.detectors is not None:
         end_ns = opts.start_ns + round(opts.days * 86_400e9)

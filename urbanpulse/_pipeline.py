@@ -467,8 +467,7 @@ class Pipeline:
             raw.ack.set_result(None)  # nothing durable to wait for (all refused)
         await self.stage.submit_record(result.lines, seq)
         if self._pending_events:
-            events, self._pending_events = self._pending_events, []
-            await self.stage.submit_record(self.publish_events(events))
+            await self.stage.submit_record(self.publish_events(self.take_events()))
         if self._replayed_events:
             enc = encode_events(self._replayed_events)
             self._replayed_events = []
@@ -477,6 +476,12 @@ class Pipeline:
             await self.evaluate_indices()
         if time.monotonic() - self._last_checkpoint_s >= self.options.checkpoint_interval_s:
             self.checkpoint()
+
+    def take_events(self) -> list[Event]:
+        """The events of processed batches not yet published (and forget them): for
+        callers that drive ``process`` themselves (evaluation, tests)."""
+        events, self._pending_events = self._pending_events, []
+        return events
 
     def publish_events(self, events: list[Event]) -> list[tuple[bytes, int]]:
         """Put events on the bus and return their ``events`` line protocol."""
