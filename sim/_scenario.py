@@ -290,6 +290,16 @@ _GAS_METRICS: Final = ("no2", "o3", "co", "so2")
 _TRAFFIC_METRICS: Final = ("intensity", "occupancy", "averageVehicleSpeed")
 
 
+#: Spike factors for metrics whose upward spikes would be physically impossible
+#: (RH above 100 %, a 29 C reading x3 = 87 C): ingest refuses those as out of
+#: range before any detector sees them, so a spike on them goes down, or up by
+#: a plausible step.
+_SPIKE_FACTORS: dict[str, tuple[float, ...]] = {
+    "relativeHumidity": (0.2, 0.4),
+    "temperature": (0.2, 0.4, 1.5),
+}
+
+
 def random_scenario(
     fleet: Fleet,
     *,
@@ -351,12 +361,14 @@ def random_scenario(
     everyone = np.ones(len(sensors), dtype=bool)
     f: _Fault
     for i, t in zip(*draw(everyone, r.spike), strict=True):
+        metric = metric_for(i)
+        factors = _SPIKE_FACTORS.get(metric, (0.2, 3.0, 4.0, 6.0)) if not traffic[i] else (3.0,)
         f = SpikeFault(
             sensor_id=sensors[i],
-            metric=metric_for(i),
+            metric=metric,
             lane=lane_for(i),
             start_s=float(t),
-            factor=(0.2, 3.0, 4.0, 6.0)[int(rng.integers(4))] if not traffic[i] else 3.0,
+            factor=factors[int(rng.integers(len(factors)))],
         )
         drafts.append((int(i), float(t), float(t) + 60.0, f))
     for i, t in zip(*draw(everyone, r.stuck), strict=True):
