@@ -246,7 +246,8 @@ def connect(
     raw.on_publish = on_publish
     raw.on_message = on_message
     if protocol == mqtt.MQTTv5:
-        props: Any = Properties(PacketTypes.CONNECT)
+        new_properties: Any = Properties  # paho's Properties is untyped (no stubs needed)
+        props: Any = new_properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = session_expiry_s
         raw.connect("127.0.0.1", port, clean_start=clean_start, properties=props)
     else:
