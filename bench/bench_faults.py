@@ -25,7 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import test_faults as tf
-from harness import PipelineProcess, expected_vm_readings, stored_readings
+from harness import PipelineProcess, check_store, expected_vm_readings, stored_readings
 from reference import expected_readings
 from servers import MosquittoServer, VictoriaMetricsServer
 
@@ -74,7 +74,7 @@ def scenario(kind: str, n: int, rate: float, outage_s: float) -> dict[str, Any]:
             got = len(stored_readings(vm, city))
             windows_ok = True
             try:
-                tf._check_store(vm, city, msgs)
+                check_store(vm, city, msgs)
             except AssertionError:
                 windows_ok = False
             return {

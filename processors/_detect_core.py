@@ -30,6 +30,7 @@ Slot tables
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar, Final
@@ -544,7 +545,7 @@ class Described:
     labels: dict[str, str]
 
 
-class DetectorBase:
+class DetectorBase(abc.ABC):
     """Plumbing shared by the detectors: enable flag, tables, snapshot, sizes.
 
     Subclasses implement ``_update(plan)`` (and optionally ``_check``) and
@@ -563,8 +564,9 @@ class DetectorBase:
             return Detections.empty()
         return self._update(BatchPlan.of(batch) if plan is None else plan)
 
+    @abc.abstractmethod
     def _update(self, plan: BatchPlan) -> Detections:
-        raise NotImplementedError
+        """The detections of one planned batch (only called when enabled)."""
 
     def check(self, watermark_ns: int) -> Detections:
         """Time-driven detections at event-time watermark ``watermark_ns``."""
@@ -575,8 +577,9 @@ class DetectorBase:
     def _check(self, watermark_ns: int) -> Detections:  # noqa: ARG002
         return Detections.empty()
 
+    @abc.abstractmethod
     def describe(self, row: DetectionRow) -> Described:
-        raise NotImplementedError
+        """Name, severity and one-line message of a detection."""
 
     @property
     def state_nbytes(self) -> int:

@@ -93,17 +93,19 @@ class HumidityDetector(DetectorBase):
         self._is_pm = np.zeros(N_METRICS, np.bool_)
         self._is_pm[list(cfg.pm_metrics)] = True
 
-    def update(self, batch: ReadingBatch, plan: BatchPlan | None = None) -> Detections:
-        return self.update_flags(batch, plan)[0]
+    def _update(self, plan: BatchPlan) -> Detections:
+        return self._detect(plan)[0]
 
     def update_flags(
         self, batch: ReadingBatch, plan: BatchPlan | None = None
     ) -> tuple[Detections, NDArray[np.uint8]]:
         """Detections and the ``ReadingFlag.HUMID`` bits for the batch rows."""
-        flags = np.zeros(len(batch), np.uint8)
         if not self.enabled or len(batch) == 0:
-            return Detections.empty(), flags
-        plan = BatchPlan.of(batch) if plan is None else plan
+            return Detections.empty(), np.zeros(len(batch), np.uint8)
+        return self._detect(BatchPlan.of(batch) if plan is None else plan)
+
+    def _detect(self, plan: BatchPlan) -> tuple[Detections, NDArray[np.uint8]]:
+        flags = np.zeros(len(plan), np.uint8)
         t, cfg = self._table, self.config
         rh_msg, has_rh = plan.message_values(Metric.RELATIVE_HUMIDITY)
         pm_rows = np.flatnonzero(self._is_pm[plan.metric])

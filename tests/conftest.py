@@ -11,9 +11,10 @@ import importlib
 import itertools
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -28,49 +29,48 @@ from servers import (
 
 # --------------------------------------------------------------------------- servers
 
+_S = TypeVar("_S", MosquittoServer, VictoriaMetricsServer, InfluxDB1Server)
 
-@pytest.fixture(scope="session")
-def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoServer]:
-    """A Mosquitto 2.x broker with persistence on 127.0.0.1:<free port>."""
+
+def _serve(make: Callable[[], _S]) -> Iterator[_S]:
+    """Start a server for a fixture; a missing binary fails with install instructions."""
     try:
-        server = MosquittoServer(tmp_path_factory.mktemp("mosquitto"))
+        server = make()
     except ServerBinaryMissingError as exc:
         pytest.fail(str(exc), pytrace=False)
     with server:
         yield server
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[tuple[MosquittoServer, VictoriaMetricsServer]]:
+    """A private Mosquitto and VictoriaMetrics for a test that restarts or kills things."""
+    with MosquittoServer(tmp_path / "mq") as mq, VictoriaMetricsServer(tmp_path / "vm") as vm:
+        yield mq, vm
+
+
+@pytest.fixture(scope="session")
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoServer]:
+    """A Mosquitto 2.x broker with persistence on 127.0.0.1:<free port>."""
+    yield from _serve(lambda: MosquittoServer(tmp_path_factory.mktemp("mosquitto")))
 
 
 @pytest.fixture(scope="session")
 def victoria_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VictoriaMetricsServer]:
     """Single-node VictoriaMetrics; accepts /api/v2/write and /write line protocol."""
-    try:
-        server = VictoriaMetricsServer(tmp_path_factory.mktemp("victoria-metrics"))
-    except ServerBinaryMissingError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    with server:
-        yield server
+    yield from _serve(lambda: VictoriaMetricsServer(tmp_path_factory.mktemp("victoria-metrics")))
 
 
 @pytest.fixture(scope="session")
 def influxdb1(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxDB1Server]:
     """InfluxDB 1.x (influxd) without authentication."""
-    try:
-        server = InfluxDB1Server(tmp_path_factory.mktemp("influxdb1"))
-    except ServerBinaryMissingError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    with server:
-        yield server
+    yield from _serve(lambda: InfluxDB1Server(tmp_path_factory.mktemp("influxdb1")))
 
 
 @pytest.fixture(scope="session")
 def influxdb1_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxDB1Server]:
     """InfluxDB 1.x with HTTP auth on; admin credentials on the server object."""
-    try:
-        server = InfluxDB1Server(tmp_path_factory.mktemp("influxdb1-auth"), auth=True)
-    except ServerBinaryMissingError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    with server:
-        yield server
+    yield from _serve(lambda: InfluxDB1Server(tmp_path_factory.mktemp("influxdb1-auth"), auth=True))
 
 
 _db_counter = itertools.count(1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import signal
 import subprocess
@@ -14,19 +15,38 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from reference import AIR_FIELDS, TRAFFIC_FIELDS, Reading, window_label
-from servers import VictoriaMetricsServer
+from reference import (
+    AIR_FIELDS,
+    TRAFFIC_FIELDS,
+    Reading,
+    expected_readings,
+    expected_windows,
+    window_label,
+)
+from servers import MosquittoServer, VictoriaMetricsServer
 
 from ingest._mqtt import BackoffOptions, MqttClient, MqttOptions
+from sim._runner import SimOptions, Simulator
+from urbanpulse._clock import ManualClock
 
 __all__ = [
+    "GRACE_MS",
+    "IDLE_MS",
+    "START_NS",
     "LogReader",
     "PipelineProcess",
+    "check_store",
+    "city_messages",
+    "pipeline_env",
     "publish_reliably",
     "stored_aggregates",
     "stored_readings",
     "urbanpulse_env",
 ]
+
+GRACE_MS, IDLE_MS = 10_000, 300_000
+#: A fixed quarter-hour twelve hours back, so every window of a stream is whole.
+START_NS = (time.time_ns() - 12 * 3600 * 10**9) // (900 * 10**9) * (900 * 10**9)
 
 
 def urbanpulse_env(**values: str) -> dict[str, str]:
@@ -224,3 +244,73 @@ def stored_aggregates(
 
 def write_json(path: Path, data: object) -> None:
     path.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+
+
+def city_messages(
+    city: str, n: int, *, seed: int, n_air: int, n_traffic: int
+) -> list[tuple[str, bytes]]:
+    """A seeded simulator stream from START_NS, its topics moved to ``city``."""
+    sim = Simulator(
+        SimOptions(seed=seed, n_air=n_air, n_traffic=n_traffic, start_ns=START_NS),
+        ManualClock(START_NS),
+    )
+    return [(t.replace("/bandung/", f"/{city}/", 1), p) for t, p in sim.messages(n)]
+
+
+def pipeline_env(
+    mq: MosquittoServer,
+    vm: VictoriaMetricsServer,
+    tmp: Path,
+    *,
+    client_id: str,
+    **extra: str,
+) -> dict[str, str]:
+    """`urbanpulse run` at QoS 1 with a persistent session and a spool, writing to ``vm``."""
+    return urbanpulse_env(
+        MQTT__PORT=str(mq.port),
+        MQTT__QOS="1",
+        MQTT__CLIENT_ID=client_id,
+        MQTT__CLEAN_START="false",
+        MQTT__SESSION_EXPIRY_S="3600",
+        MQTT__RECONNECT_INITIAL_S="0.1",
+        MQTT__RECONNECT_MAX_S="1",
+        OUTPUT__KIND="influx2",
+        OUTPUT__INFLUX2__URL=vm.url,
+        OUTPUT__BATCH_MAX_MS="200",
+        OUTPUT__RETRY_INITIAL_S="0.2",
+        OUTPUT__RETRY_MAX_S="1",
+        SPOOL__DIRECTORY=str(tmp / "spool"),
+        SPOOL__CHECKPOINT_INTERVAL_S="1",
+        STATE_DIR=str(tmp / "state"),
+        WINDOWS__GRACE_MS=str(GRACE_MS),
+        WINDOWS__IDLE_MS=str(IDLE_MS),
+        LOG__FORMAT="json",
+        LOG__STATS_INTERVAL_S="0.3",
+        **extra,
+    )
+
+
+def check_store(vm: VictoriaMetricsServer, city: str, msgs: list[tuple[str, bytes]]) -> None:
+    """Stored raw readings and closed windows equal the offline reference of ``msgs``."""
+    vm.force_flush()
+    readings = expected_readings(msgs)
+    want = expected_vm_readings(readings)
+    got = stored_readings(vm, city)
+    assert len(got) == len(want), f"stored {len(got)} unique readings, published {len(want)}"
+    assert got == want
+    newest = max(r.ts_ns for r in readings)
+    for window_ms in (60_000, 900_000):
+        want_w = expected_windows(readings, window_ms=window_ms, grace_ms=GRACE_MS, idle_ms=IDLE_MS)
+        assert want_w
+        got_w = stored_aggregates(vm, city, window_ms)
+        extra, missing = sorted(set(got_w) - set(want_w)), sorted(set(want_w) - set(got_w))
+        assert not extra, (window_ms, extra[:3], newest)
+        assert not missing, (window_ms, missing[:3], newest)
+        for key, fields in want_w.items():
+            row = got_w[key]
+            for field, stats in fields.items():
+                assert row[f"{field}_count"] == {stats.count}, (key, field)
+                for stat in ("min", "max", "first", "last"):
+                    assert row[f"{field}_{stat}"] == {getattr(stats, stat)}, (key, field, stat)
+                (mean,) = row[f"{field}_mean"]
+                assert math.isclose(mean, stats.mean, rel_tol=1e-9), (key, field)

@@ -9,71 +9,34 @@ value, and that every window the watermark closed equals the offline reference.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from harness import (
     PipelineProcess,
+    check_store,
+    city_messages,
     expected_vm_readings,
+    pipeline_env,
     publish_reliably,
-    stored_aggregates,
     stored_readings,
-    urbanpulse_env,
 )
-from reference import expected_readings, expected_windows
+from reference import expected_readings
 from servers import MosquittoServer, VictoriaMetricsServer
-
-from sim._runner import SimOptions, Simulator
-from urbanpulse._clock import ManualClock
 
 pytestmark = pytest.mark.integration
 
-GRACE_MS, IDLE_MS = 10_000, 300_000
-START_NS = (time.time_ns() - 12 * 3600 * 10**9) // (900 * 10**9) * (900 * 10**9)
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[tuple[MosquittoServer, VictoriaMetricsServer]]:
-    with MosquittoServer(tmp_path / "mq") as mq, VictoriaMetricsServer(tmp_path / "vm") as vm:
-        yield mq, vm
-
 
 def _messages(city: str, n: int) -> list[tuple[str, bytes]]:
-    sim = Simulator(
-        SimOptions(seed=21, n_air=30, n_traffic=10, start_ns=START_NS), ManualClock(START_NS)
-    )
-    return [(t.replace("/bandung/", f"/{city}/", 1), p) for t, p in sim.messages(n)]
+    return city_messages(city, n, seed=21, n_air=30, n_traffic=10)
 
 
 def _env(mq: MosquittoServer, vm: VictoriaMetricsServer, tmp: Path, **extra: str) -> dict[str, str]:
-    return urbanpulse_env(
-        MQTT__PORT=str(mq.port),
-        MQTT__QOS="1",
-        MQTT__CLIENT_ID=f"up-fault-{uuid.uuid4().hex[:6]}",
-        MQTT__CLEAN_START="false",
-        MQTT__SESSION_EXPIRY_S="3600",
-        MQTT__RECONNECT_INITIAL_S="0.1",
-        MQTT__RECONNECT_MAX_S="1",
-        OUTPUT__KIND="influx2",
-        OUTPUT__INFLUX2__URL=vm.url,
-        OUTPUT__BATCH_MAX_MS="200",
-        OUTPUT__RETRY_INITIAL_S="0.2",
-        OUTPUT__RETRY_MAX_S="1",
-        SPOOL__DIRECTORY=str(tmp / "spool"),
-        SPOOL__CHECKPOINT_INTERVAL_S="1",
-        STATE_DIR=str(tmp / "state"),
-        WINDOWS__GRACE_MS=str(GRACE_MS),
-        WINDOWS__IDLE_MS=str(IDLE_MS),
-        LOG__FORMAT="json",
-        LOG__STATS_INTERVAL_S="0.3",
-        **extra,
-    )
+    return pipeline_env(mq, vm, tmp, client_id=f"up-fault-{uuid.uuid4().hex[:6]}", **extra)
 
 
 class Publisher(threading.Thread):
@@ -100,35 +63,6 @@ def _wait_stored(vm: VictoriaMetricsServer, city: str, want: int, timeout_s: flo
             return got
         time.sleep(0.5)
     return got
-
-
-def _check_store(vm: VictoriaMetricsServer, city: str, msgs: list[tuple[str, bytes]]) -> None:
-    vm.force_flush()
-    readings = expected_readings(msgs)
-    want = expected_vm_readings(readings)
-    got = stored_readings(vm, city)
-    assert len(got) == len(want), f"stored {len(got)} unique readings, published {len(want)}"
-    assert got == want
-    for window_ms in (60_000, 900_000):
-        want_w = expected_windows(readings, window_ms=window_ms, grace_ms=GRACE_MS, idle_ms=IDLE_MS)
-        got_w = stored_aggregates(vm, city, window_ms)
-        extra, missing = sorted(set(got_w) - set(want_w)), sorted(set(want_w) - set(got_w))
-        assert not extra, (window_ms, extra[:3], _horizons(readings))
-        assert not missing, (window_ms, missing[:3], _horizons(readings))
-        for key, fields in want_w.items():
-            for field, stats in fields.items():
-                row = got_w[key]
-                assert row[f"{field}_count"] == {stats.count}, (key, field)
-                for stat in ("min", "max", "first", "last"):
-                    assert row[f"{field}_{stat}"] == {getattr(stats, stat)}, (key, field, stat)
-                (mean,) = row[f"{field}_mean"]
-                assert math.isclose(mean, stats.mean, rel_tol=1e-9), (key, field)
-
-
-def _horizons(readings: list[Any]) -> dict[str, int]:
-    """Diagnostics: the newest reading overall and its series (for failure messages)."""
-    newest = max(readings, key=lambda r: r.ts_ns)
-    return {"global_max_ts_ns": newest.ts_ns, "count": len(readings)}
 
 
 def _processed(p: PipelineProcess) -> int:
@@ -163,7 +97,7 @@ def test_kill_9_mid_stream_then_restart_loses_nothing(
         first.ensure_dead()
         if second is not None:
             second.ensure_dead()
-    _check_store(vm, city, msgs)
+    check_store(vm, city, msgs)
 
 
 def test_broker_restart_mid_stream_loses_nothing(
@@ -187,7 +121,7 @@ def test_broker_restart_mid_stream_loses_nothing(
         assert stats["mqtt_reconnects"] >= 1
     finally:
         p.ensure_dead()
-    _check_store(vm, city, msgs)
+    check_store(vm, city, msgs)
 
 
 def test_database_down_for_30_s_mid_stream_loses_nothing(
@@ -228,4 +162,4 @@ def test_database_down_for_30_s_mid_stream_loses_nothing(
         assert stats["spool"]["dropped_records"] == 0
     finally:
         p.ensure_dead()
-    _check_store(vm, city, msgs)
+    check_store(vm, city, msgs)

@@ -12,29 +12,29 @@ held disjoint, non-empty sets of sensors that together are the whole fleet.
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from harness import (
+    START_NS,
     LogReader,
     PipelineProcess,
+    check_store,
+    city_messages,
     expected_vm_readings,
+    pipeline_env,
     publish_reliably,
-    stored_aggregates,
     stored_readings,
-    urbanpulse_env,
 )
 from pydantic import ValidationError
-from reference import expected_readings, expected_windows
+from reference import expected_readings
 from servers import MosquittoServer, VictoriaMetricsServer
 
 import ingest._shard as shard_mod
@@ -44,8 +44,6 @@ from urbanpulse._app import shard_settings
 from urbanpulse._clock import ManualClock
 from urbanpulse._config import MqttSettings, Settings
 
-GRACE_MS, IDLE_MS = 10_000, 300_000
-START_NS = (time.time_ns() - 12 * 3600 * 10**9) // (900 * 10**9) * (900 * 10**9)
 PATTERN = "urbanpulse/{city}/{district}/{kind}/{sensor_id}"
 
 
@@ -258,63 +256,19 @@ class _RunProcess(PipelineProcess):
         return self
 
 
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[tuple[MosquittoServer, VictoriaMetricsServer]]:
-    with MosquittoServer(tmp_path / "mq") as mq, VictoriaMetricsServer(tmp_path / "vm") as vm:
-        yield mq, vm
-
-
 def _messages(city: str, n: int) -> list[tuple[str, bytes]]:
-    sim = Simulator(
-        SimOptions(seed=5, n_air=40, n_traffic=12, start_ns=START_NS), ManualClock(START_NS)
-    )
-    return [(t.replace("/bandung/", f"/{city}/", 1), p) for t, p in sim.messages(n)]
+    return city_messages(city, n, seed=5, n_air=40, n_traffic=12)
 
 
 def _env(mq: MosquittoServer, vm: VictoriaMetricsServer, tmp: Path, **extra: str) -> dict[str, str]:
-    return urbanpulse_env(
-        MQTT__PORT=str(mq.port),
-        MQTT__QOS="1",
-        MQTT__CLIENT_ID="up-scale",  # the same for both: each shard adds its suffix
-        MQTT__CLEAN_START="false",
-        MQTT__SESSION_EXPIRY_S="3600",
-        OUTPUT__KIND="influx2",
-        OUTPUT__INFLUX2__URL=vm.url,
-        OUTPUT__BATCH_MAX_MS="200",
-        SPOOL__DIRECTORY=str(tmp / "spool"),
-        STATE_DIR=str(tmp / "state"),
-        WINDOWS__GRACE_MS=str(GRACE_MS),
-        WINDOWS__IDLE_MS=str(IDLE_MS),
-        LOG__FORMAT="json",
-        LOG__STATS_INTERVAL_S="0.3",
-        **extra,
-    )
+    # The same client id for both: each shard adds its suffix.
+    return pipeline_env(mq, vm, tmp, client_id="up-scale", **extra)
 
 
 def _checkpoint_sensors(state_dir: Path) -> set[tuple[str, str]]:
     with np.load(state_dir / "checkpoint.npz") as snap:
         meta = json.loads(snap["meta"].tobytes())
     return {(district, sensor_id) for _city, district, _kind, sensor_id, _lane in meta["keys"]}
-
-
-def _check_store(vm: VictoriaMetricsServer, city: str, msgs: list[tuple[str, bytes]]) -> None:
-    """Stored raw readings and closed windows are the one-process offline reference."""
-    vm.force_flush()
-    readings = expected_readings(msgs)
-    assert stored_readings(vm, city) == expected_vm_readings(readings)
-    for window_ms in (60_000, 900_000):
-        want = expected_windows(readings, window_ms=window_ms, grace_ms=GRACE_MS, idle_ms=IDLE_MS)
-        got = stored_aggregates(vm, city, window_ms)
-        assert want
-        assert sorted(got) == sorted(want), window_ms
-        for key, fields in want.items():
-            row = got[key]
-            for name, stats in fields.items():
-                assert row[f"{name}_count"] == {stats.count}, (key, name)
-                for stat in ("min", "max", "first", "last"):
-                    assert row[f"{name}_{stat}"] == {getattr(stats, stat)}, (key, name, stat)
-                (mean,) = row[f"{name}_mean"]
-                assert math.isclose(mean, stats.mean, rel_tol=1e-9), (key, name)
 
 
 @pytest.mark.integration
@@ -343,7 +297,7 @@ def test_two_shards_store_exactly_what_one_process_would(
     finally:
         shard0.ensure_dead()
         shard1.ensure_dead()
-    _check_store(vm, city, msgs)
+    check_store(vm, city, msgs)
 
     per_shard = Counter(shard_of(t, 2) for t, _ in msgs)
     for k, proc in enumerate((shard0, shard1)):

@@ -153,6 +153,8 @@ class Pipeline:
             else None
         )
         self._max_ts_ns = -1
+        #: The dead-sensor check runs on the watermark: newest event time - grace.
+        self._grace_ns = min(s.grace_ns for s in options.windows)
         self._last_index_s = time.monotonic()
         self._pending_events: list[Event] = []
         self._replayed_events: list[Event] = []
@@ -225,8 +227,7 @@ class Pipeline:
                 )
             self._pending_events.extend(det.events)
             self._max_ts_ns = max(self._max_ts_ns, int(batch.ts_ns.max()))
-            grace_ns = min(s.grace_ns for s in self.options.windows)
-            self._pending_events.extend(self.detectors.check(self._max_ts_ns - grace_ns))
+            self._pending_events.extend(self.detectors.check(self._max_ts_ns - self._grace_ns))
         aggregates = [u.closed for u in updates.values()]
         lines = self._encode(batch, aggregates)
         closed: dict[int, int] = {}
@@ -522,6 +523,10 @@ class Pipeline:
             self._last_sync_s = time.monotonic()
         elif policy == "interval":
             return  # acknowledged by the next sync
+        self._release_acks()
+
+    def _release_acks(self) -> None:
+        """Let the MQTT client acknowledge every batch whose record is now synced."""
         for fut in self._unsynced_acks:
             if not fut.done():
                 fut.set_result(None)
@@ -536,10 +541,7 @@ class Pipeline:
             if self._unsynced_acks:
                 await asyncio.to_thread(self.spool.sync)
                 self._last_sync_s = time.monotonic()
-                for fut in self._unsynced_acks:
-                    if not fut.done():
-                        fut.set_result(None)
-                self._unsynced_acks.clear()
+                self._release_acks()
 
     async def run(self) -> None:
         """Run until request_stop(); then drain, flush and checkpoint."""
@@ -591,10 +593,7 @@ class Pipeline:
         self.buffer.release_held()
         if self.spool is not None:
             self.spool.sync()
-        for fut in self._unsynced_acks:
-            if not fut.done():
-                fut.set_result(None)
-        self._unsynced_acks.clear()
+        self._release_acks()
         try:
             await asyncio.wait_for(self.stage.close(), self.options.shutdown_timeout_s)
         except TimeoutError:
