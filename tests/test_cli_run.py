@@ -99,9 +99,16 @@ def test_run_then_sigterm_flushes_everything(
     assert final["messages_ok"] == N
     assert final["pending_points"] == 0
     assert final["points_written"] >= N
-    victoria_metrics.force_flush()
-    rows = victoria_metrics.export('{__name__=~"air_pm25|traffic_intensity"}')
-    samples = sum(len(r["values"]) for r in rows)
+    # VictoriaMetrics makes accepted rows searchable asynchronously: under load
+    # they can lag a force_flush, so poll (the written count above is exact).
+    deadline = time.monotonic() + 20
+    while True:
+        victoria_metrics.force_flush()
+        rows = victoria_metrics.export('{__name__=~"air_pm25|traffic_intensity"}')
+        samples = sum(len(r["values"]) for r in rows)
+        if samples >= N or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert samples >= N  # every message carries pm25 (air) or intensity (traffic)
     with np.load(tmp_path / "state" / "checkpoint.npz") as snap:
         assert json.loads(snap["meta"].tobytes())["seq"] > 0
