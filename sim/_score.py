@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from sim._groundtruth import Label, interval_pairs
+from sim._groundtruth import Label
 from urbanpulse._events import Event, EventState
 
 __all__ = ["DetectorScore", "ScoreTable", "score_detections"]
@@ -112,10 +112,86 @@ def _f(v: float, digits: int) -> str:
     return "-" if math.isnan(v) else f"{v:.{digits}f}"
 
 
-def _tolerance(tolerance_s: float | Mapping[str, float], detector: str) -> float:
+def _tolerance(tolerance_s: float | Mapping[str, float], detector: str, fault: str = "") -> float:
     if isinstance(tolerance_s, Mapping):
-        return float(tolerance_s.get(detector, tolerance_s.get("*", 0.0)))
+        for key in (f"{detector}@{fault}", detector, "*"):
+            if key in tolerance_s:
+                return float(tolerance_s[key])
+        return 0.0
     return float(tolerance_s)
+
+
+@dataclass(frozen=True, slots=True)
+class _Episodes:
+    """Start (or change) events of the scored states, each with the time its
+    episode ended (the matching ``end`` event, else the end of the period;
+    a ``change`` is a point)."""
+
+    events: list[Event]
+    lo: _I64
+    hi: _I64
+
+
+def _episodes(events: Sequence[Event], states: Sequence[EventState], end_ns: int) -> _Episodes:
+    open_at: dict[tuple[str, str, str, int, str], int] = {}
+    picked: list[Event] = []
+    hi: list[int] = []
+    for e in sorted(events, key=lambda e: e.event_ns):
+        key = (e.detector, e.district, e.sensor_id, e.lane, e.metric)
+        if e.state == "end":
+            i = open_at.pop(key, None)
+            if i is not None:
+                hi[i] = max(e.event_ns, picked[i].event_ns)
+            continue
+        if e.state not in states:
+            continue
+        if e.state == "start":
+            open_at[key] = len(picked)
+        picked.append(e)
+        hi.append(e.event_ns if e.state != "start" else max(end_ns, e.event_ns))
+    lo = np.array([e.event_ns for e in picked], dtype=np.int64)
+    return _Episodes(picked, lo, np.array(hi, dtype=np.int64))
+
+
+def _match(
+    ep: _Episodes,
+    ei: NDArray[np.intp],
+    labels: Sequence[Label],
+    li: NDArray[np.intp],
+    tol_ns: _I64,
+    *,
+    exact: bool = True,
+) -> NDArray[np.bool_]:
+    """``(len(ei), len(li))``: episode ``ei[k]`` overlaps label ``li[j]`` widened by
+    ``tol_ns[j]`` on both sides, on the same sensor (a district-scope event,
+    without sensor, on any sensor of its district); with ``exact``, lanes and
+    metrics must agree too (0 / "" = any)."""
+    evs = [ep.events[i] for i in ei.tolist()]
+    labs = [labels[j] for j in li.tolist()]
+    if not evs or not labs:
+        return np.zeros((len(evs), len(labs)), np.bool_)
+    codes: dict[str, int] = {}
+
+    def code(text: str) -> int:
+        return codes.setdefault(text, len(codes))
+
+    e_sensor = np.array([code("s:" + e.sensor_id) for e in evs])[:, None]
+    e_district = np.array([code("d:" + e.district) for e in evs])[:, None]
+    e_scope = np.array([e.sensor_id == "" for e in evs])[:, None]
+    l_sensor = np.array([code("s:" + lb.sensor_id) for lb in labs])[None, :]
+    l_district = np.array([code("d:" + lb.district) for lb in labs])[None, :]
+    ok = np.where(e_scope, e_district == l_district, e_sensor == l_sensor)
+    lo = np.array([lb.start_ns for lb in labs], dtype=np.int64) - tol_ns
+    hi = np.array([lb.end_ns for lb in labs], dtype=np.int64) + tol_ns
+    ok &= (ep.lo[ei][:, None] <= hi[None, :]) & (ep.hi[ei][:, None] >= lo[None, :])
+    if exact:
+        e_lane = np.array([e.lane for e in evs])[:, None]
+        l_lane = np.array([lb.lane for lb in labs])[None, :]
+        ok &= (e_lane == 0) | (l_lane == 0) | (e_lane == l_lane)
+        e_metric = np.array([code("m:" + e.metric) if e.metric else -1 for e in evs])[:, None]
+        l_metric = np.array([code("m:" + lb.metric) if lb.metric else -1 for lb in labs])[None, :]
+        ok &= (e_metric < 0) | (l_metric < 0) | (e_metric == l_metric)
+    return ok
 
 
 def score_detections(
@@ -128,66 +204,59 @@ def score_detections(
     tolerance_s: float | Mapping[str, float] = 60.0,
     detectors: Sequence[str] | None = None,
     states: Sequence[EventState] = ("start", "change"),
+    context: Iterable[Label] = (),
 ) -> ScoreTable:
     """Per-detector precision, recall, F1, delays and false alarms (see the module doc).
 
-    ``detectors`` defaults to every detector named by a label or an event.
+    ``context`` labels (e.g. the natural conditions of ``sim._truth``) make a
+    detector's events correct like ``labels`` do but are not counted in its
+    recall. ``detectors`` defaults to every detector named by a label or an event.
     """
     if n_sensors <= 0 or end_ns <= start_ns:
         raise ValueError("need n_sensors > 0 and end_ns > start_ns")
     labels = list(labels)
-    events = [e for e in events if e.state in states]
+    context = list(context)
+    every = labels + context
+    ep = _episodes(list(events), states, end_ns)
     if detectors is None:
-        names = {d for lb in labels for d in lb.detectors} | {e.detector for e in events}
+        names = {d for lb in labels for d in lb.detectors} | {e.detector for e in ep.events}
         detectors = sorted(names)
     days = (end_ns - start_ns) / 86_400e9
-    codes: dict[str, int] = {}
-
-    def code(text: str) -> int:
-        return codes.setdefault(text, len(codes))
-
-    lab_sensor = np.array([code(lb.sensor_id) for lb in labels], dtype=np.int64)
-    lab_lane = np.array([lb.lane for lb in labels], dtype=np.int64)
-    lab_metric = np.array([code("m:" + lb.metric) if lb.metric else -1 for lb in labels], np.int64)
-    lab_lo = np.array([lb.start_ns for lb in labels], dtype=np.int64)
-    lab_hi = np.array([lb.end_ns for lb in labels], dtype=np.int64)
-    ev_det = np.array([code("d:" + e.detector) for e in events], dtype=np.int64)
-    ev_sensor = np.array([code(e.sensor_id) for e in events], dtype=np.int64)
-    ev_lane = np.array([e.lane for e in events], dtype=np.int64)
-    ev_metric = np.array([code("m:" + e.metric) if e.metric else -1 for e in events], np.int64)
-    ev_t = np.array([e.event_ns for e in events], dtype=np.int64)
+    ev_det = np.array([e.detector for e in ep.events], dtype=object)
+    all_i = np.arange(len(every), dtype=np.intp)
 
     rows = []
     for det in detectors:
         tol = _tolerance(tolerance_s, det)
-        tol_ns = round(tol * 1e9)
-        li = np.array([i for i, lb in enumerate(labels) if det in lb.detectors], dtype=np.intp)
-        ei = np.flatnonzero(ev_det == codes.get("d:" + det, -2))
-        q, iv = interval_pairs(
-            lab_sensor[li],
-            lab_lo[li] - tol_ns,
-            lab_hi[li] + tol_ns,
-            ev_sensor[ei],
-            ev_t[ei],
-            closed=True,
+
+        def tols(idx: NDArray[np.intp], det: str = det) -> _I64:
+            return np.array(
+                [round(_tolerance(tolerance_s, det, every[j].fault) * 1e9) for j in idx.tolist()],
+                dtype=np.int64,
+            )
+
+        li = np.array([i for i, lb in enumerate(every) if det in lb.detectors], dtype=np.intp)
+        ei = np.flatnonzero(ev_det == det).astype(np.intp)
+        hit = _match(ep, ei, every, li, tols(li))
+        matched_events = int(hit.any(axis=1).sum()) if hit.size else 0
+        # Recall over ``labels`` only; delay from each label's first overlapping episode.
+        own = li < len(labels)
+        lab_hit = hit[:, own] if hit.size else np.zeros((ei.shape[0], int(own.sum())), np.bool_)
+        lab_lo = np.array([every[j].start_ns for j in li[own].tolist()], dtype=np.int64)
+        lab_tol = tols(li[own])
+        first = np.where(lab_hit, ep.lo[ei][:, None], np.iinfo(np.int64).max).min(
+            axis=0, initial=np.iinfo(np.int64).max
         )
-        lq, li_q = ev_lane[ei][q], lab_lane[li][iv]
-        mq, mi_q = ev_metric[ei][q], lab_metric[li][iv]
-        ok = ((lq == 0) | (li_q == 0) | (lq == li_q)) & ((mq < 0) | (mi_q < 0) | (mq == mi_q))
-        q, iv = q[ok], iv[ok]
-        matched_events = int(np.unique(q).shape[0])
-        # First matching event per label -> delay.
-        delay_ns = ev_t[ei][q] - lab_lo[li][iv]
-        first = np.full(li.shape[0], np.iinfo(np.int64).max, dtype=np.int64)
-        np.minimum.at(first, iv, delay_ns)
-        hit = first != np.iinfo(np.int64).max
-        delays_s = first[hit].astype(np.float64) / 1e9
-        # Clean data: events near no label of their sensor at all.
-        cq, _ = interval_pairs(
-            lab_sensor, lab_lo - tol_ns, lab_hi + tol_ns, ev_sensor[ei], ev_t[ei], closed=True
-        )
-        clean = int(ei.shape[0] - np.unique(cq).shape[0])
-        n_lab, n_ev, detected = int(li.shape[0]), int(ei.shape[0]), int(hit.sum())
+        detected_mask = first != np.iinfo(np.int64).max
+        delay_ns = first[detected_mask] - lab_lo[detected_mask]
+        # an episode already running before the label (and its early tolerance)
+        # flagged it from its first moment
+        delay_ns = np.where(delay_ns < -lab_tol[detected_mask], 0, delay_ns)
+        delays_s = delay_ns.astype(np.float64) / 1e9
+        # Clean data: episodes overlapping no label of their sensor at all.
+        near = _match(ep, ei, every, all_i, np.full(len(every), round(tol * 1e9)), exact=False)
+        clean = int(ei.shape[0] - (near.any(axis=1).sum() if near.size else 0))
+        n_lab, n_ev, detected = int(own.sum()), int(ei.shape[0]), int(detected_mask.sum())
         precision = matched_events / n_ev if n_ev else math.nan
         recall = detected / n_lab if n_lab else math.nan
         f1 = (

@@ -186,10 +186,18 @@ class ValueModel:
     """Per-stream parameters of a fleet plus the value functions."""
 
     def __init__(
-        self, fleet: Fleet, *, traffic_period_s: float | None = None, dynamics: bool = True
+        self,
+        fleet: Fleet,
+        *,
+        traffic_period_s: float | None = None,
+        dynamics: bool = True,
+        noise: bool = True,
     ) -> None:
         self._fleet = fleet
         self.dynamics = dynamics
+        #: False: every noise term is 0 (the noise-free signal that
+        #: ``sim._truth`` derives the city's natural conditions from).
+        self.noise = noise
         sk = fleet.sensor_key
         lk = fleet.stream_key
 
@@ -291,6 +299,15 @@ class ValueModel:
             rain[row[now]] = r[now]
         return WeatherColumns(field=field, rain=rain, washout=washout, wet=wet)
 
+    def _noise(self, key: NDArray[np.uint64], n: int) -> _F64:
+        return _noise(key, n) if self.noise else np.zeros(key.shape[0])
+
+    @property
+    def free_flow_kmh(self) -> _F64:
+        """Free-flow speed per stream (km/h; meaningful for traffic lanes): the
+        speed at zero occupancy, before noise and rain."""
+        return self._v_free
+
     def _keys(self, stream: NDArray[np.intp], ts_ns: _I64) -> NDArray[np.uint64]:
         with np.errstate(over="ignore"):
             t = (ts_ns // 1_000_000).astype(np.uint64) * _TS_MUL
@@ -320,10 +337,15 @@ class ValueModel:
         w1, w2 = self._weather(stream, ts_ns)
 
         t_dev = _T_DEV[day_min]
-        temperature = self._t_mean[stream] + t_dev + 0.5 * w2 + 0.3 * _noise(key, 1)
-        rh = 78.0 - 3.6 * t_dev + 3.0 * w1 + 2.0 * _noise(key, 2)
+        temperature = self._t_mean[stream] + t_dev + 0.5 * w2 + 0.3 * self._noise(key, 1)
+        rh = 78.0 - 3.6 * t_dev + 3.0 * w1 + 2.0 * self._noise(key, 2)
         weather = 1.0 + 0.2 * w1 + 0.1 * w2
-        pm25 = self._pm_base[stream] * _PM_WEEK[week_min] * weather * np.exp(0.15 * _noise(key, 3))
+        pm25 = (
+            self._pm_base[stream]
+            * _PM_WEEK[week_min]
+            * weather
+            * np.exp(0.15 * self._noise(key, 3))
+        )
         if self.dynamics:
             met = self.weather(stream, ts_ns)
             temperature -= 0.5 * met.wet * np.maximum(temperature - 24.0, 0.0)
@@ -334,7 +356,7 @@ class ValueModel:
         humid = np.maximum(rh - 75.0, 0.0) * (1.0 / 25.0)
         pm25 *= np.where(self._low_cost[stream], 1.0 + 0.5 * humid * humid, 1.0)
         pm25 = np.clip(pm25, 1.0, 999.9)
-        ratio = np.clip(self._pm10_ratio[stream] + 0.05 * _noise(key, 4), 1.3, 1.8)
+        ratio = np.clip(self._pm10_ratio[stream] + 0.05 * self._noise(key, 4), 1.3, 1.8)
         pm10 = np.minimum(pm25 * ratio, 1999.9)
 
         n = stream.shape[0]
@@ -344,14 +366,16 @@ class ValueModel:
             s, k, wm, dm = stream[idx], key[idx], week_min[idx], day_min[idx]
             rush = _DEMAND_WEEK[wm]
             wx = weather[idx]
-            no2[idx] = self._no2_base[s] * (0.6 + 0.9 * rush) * wx * np.exp(0.2 * _noise(k, 5))
+            no2[idx] = self._no2_base[s] * (0.6 + 0.9 * rush) * wx * np.exp(0.2 * self._noise(k, 5))
             o3[idx] = np.clip(
-                8.0 + self._o3_peak[s] * _PHOTO[dm] * (1.0 + 0.1 * w2[idx]) + 3.0 * _noise(k, 6),
+                8.0
+                + self._o3_peak[s] * _PHOTO[dm] * (1.0 + 0.1 * w2[idx])
+                + 3.0 * self._noise(k, 6),
                 1.0,
                 None,
             )
-            co[idx] = self._co_base[s] * (0.5 + 0.8 * rush) * wx * np.exp(0.2 * _noise(k, 7))
-            so2[idx] = self._so2_base[s] * _SO2_DAY[dm] * np.exp(0.2 * _noise(k, 8))
+            co[idx] = self._co_base[s] * (0.5 + 0.8 * rush) * wx * np.exp(0.2 * self._noise(k, 7))
+            so2[idx] = self._so2_base[s] * _SO2_DAY[dm] * np.exp(0.2 * self._noise(k, 8))
         return AirColumns(
             pm25=pm25,
             pm10=pm10,
@@ -375,14 +399,18 @@ class ValueModel:
             slow = 1.0 - 0.12 * met.rain
         demand = np.clip(demand, 0.0, 1.0)
         mean = demand * self._capacity_per_s[stream] * self._period_s[stream]
-        intensity = np.rint(np.maximum(mean + np.sqrt(mean) * _noise(key, 1), 0.0)).astype(np.int64)
+        intensity = np.rint(np.maximum(mean + np.sqrt(mean) * self._noise(key, 1), 0.0)).astype(
+            np.int64
+        )
         occ = (
             (0.13 * demand + 0.9 * np.maximum(demand - 0.55, 0.0) ** 1.5)
             * self._occ_scale[stream]
-            * np.exp(0.1 * _noise(key, 2))
+            * np.exp(0.1 * self._noise(key, 2))
         )
         occ = np.where(intensity == 0, 0.0, np.clip(occ, 0.0, 0.95))
-        speed = self._v_free[stream] * (1.0 - occ / 0.75) * np.exp(0.05 * _noise(key, 3)) * slow
+        speed = (
+            self._v_free[stream] * (1.0 - occ / 0.75) * np.exp(0.05 * self._noise(key, 3)) * slow
+        )
         speed = np.clip(speed, 3.0, None)
         return TrafficColumns(intensity=intensity, occupancy=occ, average_vehicle_speed=speed)
 

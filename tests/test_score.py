@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -125,7 +126,9 @@ def test_delay_percentiles_use_the_first_detection_of_each_label() -> None:
     ],
 )
 def test_tolerance_edges(offset_ns: int, matches: bool) -> None:
-    r = score([label("a", 0, 100)], [event("a", T0 + offset_ns)])["flatline"]
+    # a point episode: the start and its end at the same instant
+    at = T0 + offset_ns
+    r = score([label("a", 0, 100)], [event("a", at), event("a", at, state="end")])["flatline"]
     assert r.detected == (1 if matches else 0)
     assert r.clean_alarms == (0 if matches else 1)
 
@@ -176,6 +179,66 @@ def test_wrong_detector_or_end_state_does_not_count() -> None:
     # false alarm on clean data.
     assert rows["spike"].false_positives == 1
     assert rows["spike"].clean_alarms == 0
+
+
+def test_an_episode_counts_from_start_to_end() -> None:
+    lab = label("a", 1000, 1100)
+    # started long before the label and still on during it: detected at once
+    before = [event("a", T0), event("a", T0 + 1050 * S, state="end")]
+    r = score([lab], before)["flatline"]
+    assert (r.detected, r.matched_events, r.delay_median_s) == (1, 1, 0.0)
+    # the same start, but the episode ended before the label (and its tolerance)
+    ended = [event("a", T0), event("a", T0 + 900 * S, state="end")]
+    r = score([lab], ended)["flatline"]
+    assert (r.detected, r.matched_events, r.clean_alarms) == (0, 0, 1)
+    # a start without an end lasts to the end of the scored period
+    r = score([lab], [event("a", T0)])["flatline"]
+    assert r.detected == 1
+    # an end closes the episode of its own series only
+    other = [event("a", T0), event("a", T0 + 10 * S, state="end", metric="pm25")]
+    assert score([lab], other)["flatline"].detected == 1
+
+
+def test_context_labels_make_events_correct_without_counting_for_recall() -> None:
+    injected = [label("a", 0, 100)]
+    natural = [label("b", 0, 3600, fault="saturated_air")]
+    events = [event("a", T0 + S), event("b", T0 + 60 * S)]
+    plain = score(injected, events)["flatline"]
+    assert (plain.precision, plain.clean_alarms) == (0.5, 1)
+    with_ctx = score(injected, events, context=natural)["flatline"]
+    assert (with_ctx.labels, with_ctx.detected, with_ctx.recall) == (1, 1, 1.0)
+    assert (with_ctx.precision, with_ctx.clean_alarms) == (1.0, 0)
+
+
+def test_district_events_match_labels_of_any_sensor_in_their_district() -> None:
+    lab = Label(
+        sensor_id="a",
+        fault="aqi_unhealthy",
+        start_ns=T0,
+        end_ns=T0 + 3600 * S,
+        detectors=("aqi",),
+        district="d",
+    )
+    ev = event("", T0 + 60 * S, detector="aqi", state="change")  # district "d"
+    r = score([lab], [ev])["aqi"]
+    assert (r.detected, r.matched_events) == (1, 1)
+    r = score([lab], [dataclasses.replace(ev, district="e")])["aqi"]
+    assert (r.detected, r.clean_alarms) == (0, 1)
+
+
+def test_tolerance_per_detector_and_fault() -> None:
+    labels = [
+        label("a", 0, 100, fault="haze", detectors=("aqi",)),
+        label("b", 0, 100, fault="aqi_unhealthy", detectors=("aqi",)),
+    ]
+    late = 2 * 3600 * S
+    events = [
+        event("a", T0 + late, detector="aqi", state="change"),
+        event("b", T0 + late, detector="aqi", state="change"),
+    ]
+    tol = {"*": 60.0, "aqi": 43_200.0, "aqi@aqi_unhealthy": 3600.0}
+    r = score(labels, events, tolerance_s=tol)["aqi"]
+    assert (r.detected, r.matched_events) == (1, 1)
 
 
 def test_table_renders_markdown_and_json() -> None:

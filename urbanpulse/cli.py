@@ -109,7 +109,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--city", default="sindangraja", help="built-in or bundled city")
     ev.add_argument("--city-file", help="a city model file")
-    ev.add_argument("--days", type=float, default=2.0)
+    ev.add_argument("--days", type=float, default=2.0, help="scored days")
+    ev.add_argument(
+        "--warmup-days",
+        type=float,
+        default=1.0,
+        help="days simulated first and not scored (learned baselines, 24 h means)",
+    )
     ev.add_argument("--seed", type=int, default=7)
     ev.add_argument("--scenario", type=Path, help="a scenario file (default: random, seeded)")
     ev.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -479,6 +485,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             city=args.city,
             city_file=args.city_file,
             days=args.days,
+            warmup_days=args.warmup_days,
             seed=args.seed,
             scenario_file=args.scenario,
         )
