@@ -18,8 +18,9 @@ probability ``skip_fraction`` (a hash of the stream and slot) and its reading
 time is delayed by a hashed 0 to ``min(0.45 interval, interval - 2 jitter)``
 (so a stream's readings stay in order).
 
-Order of effects: air: haze (additive, ramped), fog (RH up to ``rh_pct``, PM x
-factor on low-cost nodes), power (PM x factor), spike, stuck, out of range; traffic: incident or
+Order of effects: air: haze (additive, ramped), fog (RH up to ``rh_pct`` less a
+hashed 0-1.5 %: a saturated humidity sensor still wanders, it does not freeze;
+PM x factor on low-cost nodes), power (PM x factor), spike, stuck, out of range; traffic: incident or
 its upstream queue (worst severity wins), spike, stuck. Dropout removes
 readings; clock skew rewrites timestamps.
 """
@@ -243,7 +244,8 @@ class FaultPlan:
         sel = code == FOG
         if sel.any():
             r, s = rows[sel], spans[sel]
-            cols.relative_humidity[r] = np.maximum(cols.relative_humidity[r], sp.b[s])
+            wander = 1.5 * unit_uniform(derive(self._slot_key(stream[r], t_ns[r]), 73))
+            cols.relative_humidity[r] = np.maximum(cols.relative_humidity[r], sp.b[s] - wander)
             cols.pm25[r] *= sp.a[s]
             cols.pm10[r] *= sp.a[s]
         sel = code == POWER
@@ -377,7 +379,7 @@ def compile_scenario(
                 metric=metric,
                 start_ns=lo,
                 end_ns=hi,
-                detectors=tuple(expected.get(fault, ())),
+                detectors=tuple(expected.get(f"{fault}:{metric}", expected.get(fault, ()))),
                 city=fleet.city,
                 district=fleet.district(stream),
                 source=src,

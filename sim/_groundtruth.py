@@ -16,7 +16,9 @@ fault           detectors                what the simulator does
 =============== ======================== ==============================================
 spike           spike                    one reading of one metric multiplied (x4 by
                                          default) or set to a value
-stuck           flatline                 one metric constant for the interval
+stuck           flatline                 one metric constant for the interval; a stuck
+                loop_constant_occupancy  ``occupancy`` is the loop-health detector's
+                (occupancy)              (``stuck:occupancy``)
 dropout         dead                     no messages from the sensor (all lanes)
 fog             humid_pm                 RH > 90 % in a district, PM of low-cost optical
                                          nodes over-read by a factor
@@ -66,6 +68,8 @@ __all__ = [
 EXPECTED_DETECTORS: Final[Mapping[str, tuple[str, ...]]] = {
     "spike": ("spike",),
     "stuck": ("flatline",),
+    # "fault:metric" keys override "fault" for that metric.
+    "stuck:occupancy": ("loop_constant_occupancy",),
     "dropout": ("dead",),
     "fog": ("humid_pm",),
     # A sensor pinned at 999.9 is also a flat line: both detectors are right.
@@ -76,7 +80,7 @@ EXPECTED_DETECTORS: Final[Mapping[str, tuple[str, ...]]] = {
     "clock_skew": (),
     "power": (),
 }
-FAULT_KINDS: Final[tuple[str, ...]] = tuple(EXPECTED_DETECTORS)
+FAULT_KINDS: Final[tuple[str, ...]] = tuple(k for k in EXPECTED_DETECTORS if ":" not in k)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -132,7 +132,9 @@ class _Episodes:
     hi: _I64
 
 
-def _episodes(events: Sequence[Event], states: Sequence[EventState], end_ns: int) -> _Episodes:
+def _episodes(
+    events: Sequence[Event], states: Sequence[EventState], start_ns: int, end_ns: int
+) -> _Episodes:
     open_at: dict[tuple[str, str, str, int, str], int] = {}
     picked: list[Event] = []
     hi: list[int] = []
@@ -149,8 +151,11 @@ def _episodes(events: Sequence[Event], states: Sequence[EventState], end_ns: int
             open_at[key] = len(picked)
         picked.append(e)
         hi.append(e.event_ns if e.state != "start" else max(end_ns, e.event_ns))
+    # an episode that began before the scored period counts if it reaches into it
+    keep = [i for i, t in enumerate(hi) if t >= start_ns]
+    picked = [picked[i] for i in keep]
     lo = np.array([e.event_ns for e in picked], dtype=np.int64)
-    return _Episodes(picked, lo, np.array(hi, dtype=np.int64))
+    return _Episodes(picked, lo, np.array([hi[i] for i in keep], dtype=np.int64))
 
 
 def _match(
@@ -217,7 +222,7 @@ def score_detections(
     labels = list(labels)
     context = list(context)
     every = labels + context
-    ep = _episodes(list(events), states, end_ns)
+    ep = _episodes(list(events), states, start_ns, end_ns)
     if detectors is None:
         names = {d for lb in labels for d in lb.detectors} | {e.detector for e in ep.events}
         detectors = sorted(names)

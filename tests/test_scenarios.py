@@ -362,13 +362,17 @@ def test_fog_raises_humidity_over_90_and_pm_by_the_factor(injected: Any) -> None
     checked = 0
     for lb in fog:
         ref = dict(base[(lb.sensor_id, 0)])
+        rh_seen: set[float] = set()
         for t, body in got[(lb.sensor_id, 0)]:
             if not inside(t, lb):
                 continue
             checked += 1
-            assert body["relativeHumidity"] >= 95.0
+            # rh_pct 95 less a hashed wander of up to 1.5 %: saturated, not frozen
+            assert 93.5 <= body["relativeHumidity"] <= 100.0
+            rh_seen.add(body["relativeHumidity"])
             factor = 2.0 if lb.sensor_id in low_cost else 1.0
             assert abs(body["pm25"] - factor * ref[t]["pm25"]) <= 0.05 * factor + 0.051
+        assert len(rh_seen) >= 10
     assert checked == 60 * len(fog)
     assert len(fog) == len(
         {fleet.sensor_id[i] for i in range(fleet.n_streams) if fleet.district(i) == "cikaso"}

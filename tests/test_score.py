@@ -128,13 +128,14 @@ def test_delay_percentiles_use_the_first_detection_of_each_label() -> None:
 def test_tolerance_edges(offset_ns: int, matches: bool) -> None:
     # a point episode: the start and its end at the same instant
     at = T0 + offset_ns
-    r = score([label("a", 0, 100)], [event("a", at), event("a", at, state="end")])["flatline"]
+    events = [event("a", at), event("a", at, state="end")]
+    r = score([label("a", 0, 100)], events, start_ns=T0 - DAY)["flatline"]
     assert r.detected == (1 if matches else 0)
     assert r.clean_alarms == (0 if matches else 1)
 
 
 def test_negative_delay_inside_the_early_tolerance() -> None:
-    r = score([label("a", 0, 100)], [event("a", T0 - 20 * S)])["flatline"]
+    r = score([label("a", 0, 100)], [event("a", T0 - 20 * S)], start_ns=T0 - DAY)["flatline"]
     assert r.delay_median_s == -20.0
 
 
@@ -239,6 +240,13 @@ def test_tolerance_per_detector_and_fault() -> None:
     tol = {"*": 60.0, "aqi": 43_200.0, "aqi@aqi_unhealthy": 3600.0}
     r = score(labels, events, tolerance_s=tol)["aqi"]
     assert (r.detected, r.matched_events) == (1, 1)
+
+
+def test_only_episodes_reaching_into_the_scored_period_count() -> None:
+    warm_up = [event("a", T0 - 100 * S), event("a", T0 - 50 * S, state="end")]
+    r = score([], warm_up + [event("b", T0 - 100 * S)])["flatline"]
+    # a's episode ended before the period; b's (never ended) reaches into it
+    assert (r.events, r.clean_alarms) == (1, 1)
 
 
 def test_table_renders_markdown_and_json() -> None:

@@ -13,6 +13,7 @@ same city without faults gives the false alarms per sensor-day on clean data.
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,8 +152,7 @@ def _run(
     if pipeline.detectors is not None:
         end_ns = opts.start_ns + round(opts.days * 86_400e9)
         events.extend(pipeline.detectors.check(end_ns))
-    scored = [e for e in events if e.event_ns >= opts.start_ns]
-    return scored, list(sim.labels), messages, len(fleet.sensors())
+    return events, list(sim.labels), messages, len(fleet.sensors())
 
 
 def _alarms(events: list[Event]) -> list[Event]:
@@ -176,6 +176,10 @@ def evaluate(opts: EvaluationOptions) -> EvaluationResult:
         if opts.scenario_file is not None
         else random_scenario(fleet, seed=opts.seed, days=opts.days, start_ns=opts.start_ns)
     )
+    if scenario.origin is None:
+        # a scenario's times count from the scored period, not the warm-up
+        origin = datetime.fromtimestamp(opts.start_ns // 10**9, UTC)
+        scenario = scenario.model_copy(update={"origin": origin})
     end_ns = opts.start_ns + round(opts.days * 86_400e9)
     events, labels, messages, n_sensors = _run(opts, scenario)
     labels = clip_labels(labels, opts.start_ns, end_ns)
