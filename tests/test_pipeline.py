@@ -226,3 +226,31 @@ def test_stage_close_flushes_everything(points: int) -> None:
 
     asyncio.run(go())
     assert b"\n".join(writer.bodies).count(b"\n") + 1 == points
+
+
+def test_implausible_readings_are_flagged_counted_and_kept_out_of_the_indices() -> None:
+    p = _pipeline()
+    pinned = "urbanpulse/bandung/coblong/air/aq-pinned"
+    hazy = "urbanpulse/bandung/coblong/air/aq-hazy"
+    last = None
+    for k in range(3 * 6):  # three hours, every 10 min
+        t = T0_S - 3 * 3600 + 600 * k + 5  # before the clock (no future readings)
+        last = p.process(
+            _raw(
+                (pinned, {"dateObserved": t, "pm25": 999.9, "pm10": 1999.9}),
+                (hazy, {"dateObserved": t, "pm25": 180.0, "pm10": 250.0}),
+            )
+        )
+    assert last is not None
+    flags = last.batch.flags
+    implausible = (flags & ReadingFlag.IMPLAUSIBLE) != 0
+    # pm25 999.9 (> 500) and pm10 1999.9 (> 999) of the pinned sensor only
+    assert int(implausible.sum()) == 2
+    assert p.stats.implausible_readings == 2 * 18
+    assert any(f"flags={int(ReadingFlag.IMPLAUSIBLE)}i" in line for line in _lines(last.lines))
+    update = p.indices.evaluate()
+    named = {p.registry.key(int(s)).sensor_id for s in update.sensors.sid.tolist()}
+    assert named == {"aq-hazy"}
+    assert {e.sensor_id for e in update.events if e.sensor_id} == {"aq-hazy"}
+    # the district's index is the hazy sensor's, not the pinned one's (AQI 500)
+    assert update.districts.aqi.tolist() == pytest.approx(update.sensors.aqi.tolist())

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ingest._buffer import BufferOptions, MessageBuffer, RawBatch
 from ingest._deadletter import DeadLetterSink
@@ -32,6 +33,7 @@ from outputs._influx import LineWriter
 from outputs._lineprotocol import TagCache, encode_aggregates, encode_readings
 from outputs._stage import OutputStage, StageOptions
 from processors._dedup import DuplicateFilter
+from processors._detect_sensor import PLAUSIBLE_RANGES
 from processors._detectors import DetectorConfig, DetectorSuite
 from processors._indices import IndexTracker
 from processors._windows import MultiWindows, WindowAggregates, WindowSpec
@@ -39,7 +41,7 @@ from urbanpulse._batch import ReadingBatch, SeriesKey, SeriesRegistry
 from urbanpulse._clock import Clock, SystemClock
 from urbanpulse._errors import UrbanPulseError
 from urbanpulse._events import Event, EventBus, Severity
-from urbanpulse._schema import Kind, ReadingFlag
+from urbanpulse._schema import N_METRICS, Kind, ReadingFlag
 from urbanpulse._spool import Record, Spool, SpoolOptions
 
 __all__ = ["Pipeline", "PipelineOptions", "PipelineStats", "ProcessResult"]
@@ -86,6 +88,8 @@ class PipelineStats:
     messages_ok: int = 0
     readings: int = 0
     late_readings: int = 0
+    #: Readings outside their plausible range (kept out of the indices).
+    implausible_readings: int = 0
     duplicates: int = 0
     replayed_records: int = 0
     events: dict[str, int] = field(default_factory=dict)
@@ -152,6 +156,15 @@ class Pipeline:
             if options.detectors is not None
             else None
         )
+        ranges = (
+            options.detectors.sensor_fault.ranges
+            if options.detectors is not None
+            else PLAUSIBLE_RANGES
+        )
+        self._range_lo = np.full(N_METRICS, -np.inf)
+        self._range_hi = np.full(N_METRICS, np.inf)
+        for metric, (lo, hi) in ranges.items():
+            self._range_lo[metric], self._range_hi[metric] = lo, hi
         self._max_ts_ns = -1
         #: The dead-sensor check runs on the watermark: newest event time - grace.
         self._grace_ns = min(s.grace_ns for s in options.windows)
@@ -201,6 +214,13 @@ class Pipeline:
             return self.options.spool.directory / "checkpoint"
         return None
 
+    def _implausible(self, batch: ReadingBatch) -> NDArray[np.bool_]:
+        """Rows outside their metric's plausible range (the range detector's table,
+        ``detectors.sensor_fault.ranges``): a pinned or broken sensor must not make
+        a district's ISPU "Berbahaya"."""
+        m = batch.metric
+        return (batch.value < self._range_lo[m]) | (batch.value > self._range_hi[m])
+
     # -- the synchronous core ----------------------------------------------------------
     def process(self, raw: RawBatch) -> ProcessResult:
         """Decode, deduplicate, window and encode one raw micro-batch."""
@@ -218,7 +238,19 @@ class Pipeline:
             flags[late] |= np.uint8(ReadingFlag.LATE)
             batch = ReadingBatch(batch.sid, batch.metric, batch.ts_ns, batch.value, flags)
             self.stats.late_readings += int(np.count_nonzero(late))
-        self.indices.observe(batch)
+        implausible = self._implausible(batch)
+        if implausible.any():
+            batch = ReadingBatch(
+                batch.sid,
+                batch.metric,
+                batch.ts_ns,
+                batch.value,
+                batch.flags | np.where(implausible, np.uint8(ReadingFlag.IMPLAUSIBLE), np.uint8(0)),
+            )
+            self.stats.implausible_readings += int(np.count_nonzero(implausible))
+            self.indices.observe(batch.take(~implausible))
+        else:
+            self.indices.observe(batch)
         if self.detectors is not None and len(batch):
             det = self.detectors.update(batch)
             if det.flags.any():
@@ -619,6 +651,7 @@ class Pipeline:
             "messages_ok": s.messages_ok,
             "readings": s.readings,
             "late_readings": s.late_readings,
+            "implausible_readings": s.implausible_readings,
             "duplicates": s.duplicates,
             "dead_letters": dict(self.deadletters.by_reason),
             "deadletter_publish_failed": self.deadletters.publish_failed,

@@ -75,6 +75,9 @@ class ReadingFlag(enum.IntFlag):
     HUMID = 2
     #: Arrived after its window closed (stored raw, not aggregated).
     LATE = 4
+    #: Outside the metric's plausible range (a sensor fault such as PM pinned at
+    #: 999.9): stored and aggregated as measured, kept out of the official indices.
+    IMPLAUSIBLE = 8
 
 
 @dataclass(frozen=True, slots=True)

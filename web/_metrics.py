@@ -135,6 +135,11 @@ def render_pipeline_metrics(
         "urbanpulse_readings_late", "Readings after their window closed.", stats["late_readings"]
     )
     exp.counter(
+        "urbanpulse_readings_implausible",
+        "Readings outside their plausible range (sensor faults), kept out of the indices.",
+        stats.get("implausible_readings", 0),
+    )
+    exp.counter(
         "urbanpulse_readings_duplicate", "Redelivered readings dropped.", stats["duplicates"]
     )
     exp.counter(
