@@ -1,17 +1,14 @@
-"""Shared machinery of the detectors: batch plans, rounds, slot tables, detections.
+"""Shared machinery of the detectors: batch plans, slot tables, detections, kernels.
 
-Sequential semantics, vectorised execution
+Sequential semantics, compiled execution
     Every detector is defined reading by reading: each (series, metric) stream
     (or each series' message stream) is a small state machine fed in ARRIVAL
-    order. A micro-batch is executed in *rounds*: round ``r`` holds the
-    ``r``-th reading of every stream present in the batch, so within a round
-    no stream appears twice and the state machines of all streams advance
-    together with array operations (gather state, compute, scatter back). The
-    number of rounds is the largest number of readings one stream has in the
-    batch (1-3 in realistic batches). Because each stream sees exactly the
-    same float operations in the same order, the result is bit-identical to
-    a reading-by-reading loop and does not depend on how the stream was cut
-    into micro-batches.
+    order. A micro-batch is executed by a compiled kernel (``processors._jit``)
+    that walks the batch rows (or messages) in arrival order over the
+    struct-of-arrays state, with the same float operations in the same order
+    (float32 state rounded where the reference rounds it), so the result is
+    bit-identical to a reading-by-reading loop and does not depend on how the
+    stream was cut into micro-batches.
 
 Messages
     Rows of one message are contiguous with increasing metric codes; a new
@@ -21,11 +18,26 @@ Messages
     on messages.
 
 Slot tables
-    State is struct-of-arrays. A detector covering metrics ``M`` gives each
-    series that shows one of them a block of rows (one per covered metric of
-    its kind, or one per series), allocated on first sight, in ascending series
-    order; ``base[sid]`` (int32, -1 = none) is the block's first row. Rows are
-    never freed.
+    State is struct-of-arrays. A per-metric table gives each series one row per
+    covered metric it has ever reported; the rows of a series are contiguous:
+    ``base[sid]`` (int32, -1 = none) is the first and ``mask[sid]`` (uint8) has
+    bit ``local[metric]`` (the metric's index among the covered metrics of its
+    kind) set for every metric with a row, so a metric's row is ``base +
+    popcount(mask & (bit - 1))``. A metric a series reports for the first time
+    moves the series' rows to a new block at the end (the old rows are left
+    unused: at most one move per new metric, so a few rows per series at
+    worst). A per-series table has one row per series and no mask. New series
+    are allocated in ascending series order. Rows are never freed.
+
+Kernels
+    A detector's kernel walks the batch rows (or messages) from a start item,
+    looks up each item's state row itself (``slot_row``), updates the state and
+    writes its detections with ``put`` into preallocated int64 / float64
+    buffers. It stops before an item whose row does not exist yet or whose
+    detections would not fit; ``run_kernel`` then allocates rows (or bigger
+    buffers) and calls it again from there. Kernels write detections in row
+    order, and in a fixed order within one row, so no sort is needed;
+    ``detections_of`` turns them into columnar ``Detections``.
 """
 
 from __future__ import annotations
@@ -38,6 +50,7 @@ from typing import Any, ClassVar, Final
 import numpy as np
 from numpy.typing import DTypeLike, NDArray
 
+from processors._jit import kernel, typed_kernel
 from urbanpulse._batch import ReadingBatch, SeriesKey
 from urbanpulse._events import Severity
 from urbanpulse._schema import METRIC_INFO, N_METRICS, Kind, Metric
@@ -45,48 +58,65 @@ from urbanpulse._schema import METRIC_INFO, N_METRICS, Kind, Metric
 __all__ = [
     "CHANGE",
     "END",
+    "NO_METRIC",
     "START",
     "STATE_NAMES",
     "BatchPlan",
-    "Collector",
     "Column",
     "Described",
     "DetectionRow",
     "Detections",
     "DetectorBase",
-    "Part",
+    "Out",
     "SlotTable",
-    "gather",
+    "Step",
+    "detections_of",
+    "f64",
+    "i64",
     "metric_layout",
+    "np_max",
+    "np_min",
     "per_metric",
-    "rounds",
-    "scatter",
+    "popcount8",
+    "put",
+    "row_allocator",
+    "run_kernel",
     "series_layout",
+    "slot_row",
     "stream_ranks",
 ]
 
 I64 = NDArray[np.int64]
+I32 = NDArray[np.int32]
 F64 = NDArray[np.float64]
 IntP = NDArray[np.intp]
 Snapshot = dict[str, NDArray[Any]]
+#: A kernel's detections: int64 (row, ts_ns, code, state, label) and float64
+#: (value, score, ref) columns, one row per detection.
+Out = tuple[NDArray[np.int64], NDArray[np.float64]]
+#: What a kernel call returns: the item (row or message) it stopped at (the
+#: number of items when done), the detections it wrote, and whether it stopped
+#: because that item has no state row yet (else: the buffers are full).
+Step = tuple[int, int, bool]
 
 START: Final = 0
 END: Final = 1
 CHANGE: Final = 2
 STATE_NAMES: Final = ("start", "end", "change")
+#: A metric code no table covers (``local[NO_METRIC] == -1``): "no row wanted".
+NO_METRIC: Final = 255
 
 #: Passes of "first occurrence" extraction before ranking the rest by sorting.
 _MAX_SCAN_PASSES: Final = 8
-#: Above this many rounds, rounds are split by one sort instead of masks.
-_MASK_ROUNDS: Final = 16
 
 
-# --------------------------------------------------------------------------- rounds
+# --------------------------------------------------------------------------- stream ranks
 
 
 def stream_ranks(key: I64) -> tuple[NDArray[np.int32], int]:
     """For each row, how many earlier rows (in arrival order) share its key; and
-    the number of rounds (1 + the largest rank; 0 for no rows). ``key >= 0``."""
+    1 + the largest rank (0 for no rows). ``key >= 0``. (A numpy utility; the
+    detectors walk rows in order and do not need it.)"""
     n = int(key.shape[0])
     rank = np.zeros(n, np.int32)
     if n == 0:
@@ -130,77 +160,155 @@ def _sort_ranks(
     return rank, int(rank.max()) + 1
 
 
-Part = IntP | slice
+# --------------------------------------------------------------------------- kernels
 
 
-def rounds(sel: IntP, rank: NDArray[np.int32], n_rounds: int) -> list[Part]:
-    """Split the (ascending) row indices ``sel`` into rounds by ``rank``.
+@kernel
+def _message_starts(sid: I32, metric: NDArray[np.uint8], ts_ns: I64) -> tuple[I64, int]:
+    """First row of each message, and 1 + the largest series id (0: no rows)."""
+    n = sid.shape[0]
+    first = np.empty(n, np.int64)
+    k = 0
+    top = -1
+    for i in range(n):
+        s = sid[i]
+        top = max(top, s)
+        if i == 0 or s != sid[i - 1] or ts_ns[i] != ts_ns[i - 1] or metric[i] <= metric[i - 1]:
+            first[k] = i
+            k += 1
+    return first[:k].copy(), top + 1
 
-    Returns POSITIONS into ``sel`` (``slice(None)`` when there is one round).
-    """
-    if sel.shape[0] == 0:
-        return []
-    if n_rounds <= 1:
-        return [slice(None)]
-    r = rank[sel]
-    top = int(r.max())
-    if top == 0:
-        return [slice(None)]
-    if top < _MASK_ROUNDS:
-        return [np.flatnonzero(r == i) for i in range(top + 1)]
-    order = np.argsort(r, kind="stable")
-    bounds = np.cumsum(np.bincount(r))
-    return [b for b in np.split(order, bounds[:-1]) if b.shape[0]]
+
+@kernel
+def popcount8(x: int) -> int:
+    """Set bits of a byte."""
+    x = x - ((x >> 1) & 0x55)
+    x = (x & 0x33) + ((x >> 2) & 0x33)
+    return (x + (x >> 4)) & 0x0F
+
+
+@kernel
+def _table_rows(
+    base: I32,
+    mask: NDArray[np.uint8],
+    local: I64,
+    sid: I32,
+    metric: NDArray[np.uint8],
+    rows: I32,
+) -> int:
+    """``rows[i]``: the state row of (sid[i], metric[i]); -1 when the metric is not
+    covered, -2 when the row does not exist yet. Returns the number of -2s."""
+    missing = 0
+    for i in range(sid.shape[0]):
+        slot = local[metric[i]]
+        if slot < 0:
+            rows[i] = -1
+            continue
+        r = slot_row(base, mask, slot, sid[i])
+        if r < 0:
+            rows[i] = -2
+            missing += 1
+        else:
+            rows[i] = r
+    return missing
+
+
+@typed_kernel(
+    "void(int64[:, ::1], float64[:, ::1], int64, int64, int64, int64, int64, int64,"
+    " float64, float64, float64)"
+)
+def put(
+    oi: NDArray[np.int64],
+    of: NDArray[np.float64],
+    k: int,
+    row: int,
+    ts_ns: int,
+    code: int,
+    state: int,
+    label: int,
+    value: float,
+    score: float,
+    ref: float,
+) -> None:
+    """Write detection ``k`` into the buffers (the caller checked the capacity)."""
+    oi[k, 0] = row
+    oi[k, 1] = ts_ns
+    oi[k, 2] = code
+    oi[k, 3] = state
+    oi[k, 4] = label
+    of[k, 0] = value
+    of[k, 1] = score
+    of[k, 2] = ref
+
+
+@typed_kernel("int64(int64)")
+def i64(x: int) -> int:
+    """An integer (e.g. a uint8 state cell) as int64: in kernels ``int(x)`` keeps
+    the narrow type (uint8 arithmetic would wrap)."""
+    return x
+
+
+@typed_kernel("float64(float64)")
+def f64(x: float) -> float:
+    """A float (e.g. a float32 state cell) as float64, exactly: in kernels
+    ``float(x)`` keeps float32 (arithmetic would round to float32)."""
+    return x
+
+
+@typed_kernel("int64(int32[::1], uint8[::1], int64, int64)")
+def slot_row(base: I32, mask: NDArray[np.uint8], slot: int, sid: int) -> int:
+    """The state row of a series' metric slot, -1 when it has none (yet)."""
+    if sid >= base.shape[0]:
+        return -1
+    b = i64(base[sid])
+    if b < 0 or mask.shape[0] == 0:
+        return b
+    bits = i64(mask[sid])
+    bit = 1 << slot
+    if bits & bit == 0:
+        return -1
+    return b + popcount8(bits & (bit - 1))
+
+
+@kernel
+def np_max(a: float, b: float) -> float:
+    """``np.maximum`` of two floats (NaN wins, like numpy)."""
+    return a if (a >= b or np.isnan(a)) else b
+
+
+@kernel
+def np_min(a: float, b: float) -> float:
+    """``np.minimum`` of two floats (NaN wins, like numpy)."""
+    return a if (a <= b or np.isnan(a)) else b
+
+
+# --------------------------------------------------------------------------- plan
 
 
 @dataclass(frozen=True, slots=True, eq=False)
 class BatchPlan:
-    """A batch's columns plus the stream and message structure every detector uses.
+    """A batch's columns (contiguous, fixed dtypes) and its message boundaries.
 
     Compute once per batch (``BatchPlan.of``) and pass to each detector.
     """
 
-    sid: I64
+    sid: I32
     metric: NDArray[np.uint8]
     ts_ns: I64
     value: F64
-    #: Rank of each row within its (sid, metric) stream in this batch.
-    rank: NDArray[np.int32]
-    n_rounds: int
-    #: First row of each message, message index of each row.
-    msg_first: IntP
-    msg_of_row: IntP
-    #: Rank of each message within its series' messages in this batch.
-    msg_rank: NDArray[np.int32]
-    msg_rounds: int
+    #: First row of each message.
+    msg_first: I64
+    #: 1 + the largest series id in the batch (0 for an empty batch).
+    n_series: int
 
     @classmethod
     def of(cls, batch: ReadingBatch) -> BatchPlan:
-        sid = batch.sid.astype(np.int64)
-        metric, ts = batch.metric, batch.ts_ns
-        n = int(sid.shape[0])
-        rank, n_rounds = stream_ranks(sid * N_METRICS + metric)
-        new = np.empty(n, np.bool_)
-        if n:
-            new[0] = True
-            np.not_equal(sid[1:], sid[:-1], out=new[1:])
-            new[1:] |= ts[1:] != ts[:-1]
-            new[1:] |= metric[1:] <= metric[:-1]
-        msg_first = np.flatnonzero(new)
-        msg_of_row = np.cumsum(new, dtype=np.intp) - 1
-        msg_rank, msg_rounds = stream_ranks(sid[msg_first])
-        return cls(
-            sid,
-            metric,
-            ts,
-            batch.value,
-            rank,
-            n_rounds,
-            msg_first,
-            msg_of_row,
-            msg_rank,
-            msg_rounds,
-        )
+        sid = np.ascontiguousarray(batch.sid, np.int32)
+        metric = np.ascontiguousarray(batch.metric, np.uint8)
+        ts = np.ascontiguousarray(batch.ts_ns, np.int64)
+        value = np.ascontiguousarray(batch.value, np.float64)
+        msg_first, top = _message_starts(sid, metric, ts)
+        return cls(sid, metric, ts, value, msg_first, int(top))
 
     def __len__(self) -> int:
         return int(self.sid.shape[0])
@@ -208,24 +316,6 @@ class BatchPlan:
     @property
     def n_messages(self) -> int:
         return int(self.msg_first.shape[0])
-
-    def row_rounds(self, sel: IntP) -> list[Part]:
-        """Rounds of the rows ``sel`` (positions into ``sel``)."""
-        return rounds(sel, self.rank, self.n_rounds)
-
-    def message_rounds(self, sel: IntP) -> list[Part]:
-        """Rounds of the messages ``sel`` (positions into ``sel``)."""
-        return rounds(sel, self.msg_rank, self.msg_rounds)
-
-    def message_values(self, metric: Metric) -> tuple[F64, NDArray[np.bool_]]:
-        """Per message: the value of ``metric`` (NaN where absent) and presence."""
-        rows = np.flatnonzero(self.metric == metric)
-        out = np.full(self.n_messages, np.nan)
-        has = np.zeros(self.n_messages, np.bool_)
-        mi = self.msg_of_row[rows]
-        out[mi] = self.value[rows]
-        has[mi] = True
-        return out, has
 
 
 # --------------------------------------------------------------------------- slot tables
@@ -239,45 +329,45 @@ class Column:
     shape: tuple[int, ...] = ()
 
 
-def metric_layout(metrics: Iterable[Metric]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """(local slot per metric code or -1, block width per kind) for per-metric rows."""
-    local = np.full(N_METRICS, -1, np.int64)
-    width = np.zeros(len(Kind), np.int64)
+def _local() -> I64:
+    return np.full(256, -1, np.int64)
+
+
+def metric_layout(metrics: Iterable[Metric]) -> I64:
+    """Slot of each metric code among the covered metrics of its kind (-1: not
+    covered), for a per-metric table (``SlotTable(..., per_metric=True)``)."""
+    local = _local()
+    width = [0] * len(Kind)
     for m in sorted(set(metrics)):
         kind = METRIC_INFO[m].kind
         local[m] = width[kind]
         width[kind] += 1
-    return local, width
+    return local
 
 
-def series_layout(metrics: Iterable[Metric]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """One row per series that shows any of ``metrics``."""
-    local = np.full(N_METRICS, -1, np.int64)
-    width = np.zeros(len(Kind), np.int64)
+def series_layout(metrics: Iterable[Metric]) -> I64:
+    """Slot 0 for each of ``metrics`` (a per-series table: one row per series
+    that shows any of them)."""
+    local = _local()
     for m in metrics:
         local[m] = 0
-        width[METRIC_INFO[m].kind] = 1
-    return local, width
+    return local
 
 
-_KIND_OF_METRIC: Final = np.array([METRIC_INFO[m].kind for m in Metric], np.int64)
+_POPCOUNT8: Final = np.array([bin(i).count("1") for i in range(256)], np.int64)
 
 
 class SlotTable:
     """Struct-of-arrays state rows for (series, covered metric), grown on demand."""
 
-    __slots__ = ("base", "cols", "local", "n_rows", "spec", "width")
+    __slots__ = ("base", "cols", "local", "mask", "n_rows", "per_metric", "spec")
 
-    def __init__(
-        self,
-        spec: Mapping[str, Column],
-        local: NDArray[np.int64],
-        width: NDArray[np.int64],
-    ) -> None:
+    def __init__(self, spec: Mapping[str, Column], local: I64, *, per_metric: bool) -> None:
         self.spec = dict(spec)
         self.local = local
-        self.width = width
+        self.per_metric = per_metric
         self.base = np.empty(0, np.int32)
+        self.mask = np.empty(0, np.uint8)
         self.n_rows = 0
         self.cols: dict[str, NDArray[Any]] = {
             name: np.full((0, *c.shape), c.fill, dtype=c.dtype) for name, c in self.spec.items()
@@ -286,27 +376,64 @@ class SlotTable:
     def covered(self, metric: NDArray[np.uint8]) -> NDArray[np.bool_]:
         return self.local[metric] >= 0
 
-    def rows(self, sid: I64, metric: NDArray[np.uint8]) -> IntP:
-        """Rows of (sid, metric) pairs (all covered), allocating new series."""
-        if sid.shape[0] == 0:
-            return np.empty(0, np.intp)
-        top = int(sid.max()) + 1
-        if top > self.base.shape[0]:
-            grown = np.full(max(top, self.base.shape[0] * 5 // 4), -1, np.int32)
-            grown[: self.base.shape[0]] = self.base
-            self.base = grown
-        b = self.base[sid]
-        new = b < 0
-        if bool(new.any()):
-            ns, first = np.unique(sid[new], return_index=True)
-            w = self.width[_KIND_OF_METRIC[metric[new][first]]]
-            offsets = self.n_rows + np.cumsum(w) - w
+    def find(self, sid: I32, metric: NDArray[np.uint8]) -> I32:
+        """Rows of (sid, metric) pairs, -1 where there is none (no allocation)."""
+        rows = np.empty(sid.shape[0], np.int32)
+        sid32 = np.ascontiguousarray(sid, np.int32)
+        met = np.ascontiguousarray(metric, np.uint8)
+        if _table_rows(self.base, self.mask, self.local, sid32, met, rows):
+            rows[rows < 0] = -1
+        return rows
+
+    def allocate(self, sid: I32, metric: NDArray[np.uint8], n_series: int) -> None:
+        """Allocate the missing rows of (sid, metric) pairs (uncovered metrics
+        are ignored); ``n_series`` > every sid."""
+        rows = np.empty(sid.shape[0], np.int32)
+        sid = np.ascontiguousarray(sid, np.int32)
+        metric = np.ascontiguousarray(metric, np.uint8)
+        if _table_rows(self.base, self.mask, self.local, sid, metric, rows):
+            new = rows == -2
+            self._allocate(sid[new], metric[new], n_series)
+
+    def _allocate(self, sid: I32, metric: NDArray[np.uint8], n_series: int) -> None:
+        if n_series > self.base.shape[0]:
+            size = max(n_series, self.base.shape[0] * 5 // 4)
+            base = np.full(size, -1, np.int32)
+            base[: self.base.shape[0]] = self.base
+            self.base = base
+            if self.per_metric:
+                mask = np.zeros(size, np.uint8)
+                mask[: self.mask.shape[0]] = self.mask
+                self.mask = mask
+        if not self.per_metric:
+            ns = np.unique(sid)
+            offsets = self.n_rows + np.arange(ns.shape[0], dtype=np.int64)
+            self._reserve(self.n_rows + int(ns.shape[0]))
             self.base[ns] = offsets.astype(np.int32)
-            self._reserve(self.n_rows + int(w.sum()))
             if "sid" in self.cols:
-                self.cols["sid"][offsets[0] : self.n_rows] = np.repeat(ns, w)
-            b = self.base[sid]
-        return (b + self.local[metric]).astype(np.intp)
+                self.cols["sid"][offsets] = ns
+            return
+        want = np.zeros(self.base.shape[0], np.int64)
+        np.bitwise_or.at(want, sid, np.left_shift(1, self.local[metric]))
+        ns = np.flatnonzero(want).astype(np.int32)
+        old_base = self.base[ns].astype(np.int64)
+        old_mask = np.where(old_base >= 0, self.mask[ns], 0).astype(np.int64)
+        new_mask = old_mask | want[ns]
+        width = _POPCOUNT8[new_mask]
+        offsets = self.n_rows + np.cumsum(width) - width
+        self._reserve(self.n_rows + int(width.sum()))
+        moved = old_mask != 0
+        for slot in range(8):
+            bit = 1 << slot
+            has = moved & ((old_mask & bit) != 0)
+            if not bool(has.any()):
+                continue
+            src = old_base[has] + _POPCOUNT8[old_mask[has] & (bit - 1)]
+            dst = offsets[has] + _POPCOUNT8[new_mask[has] & (bit - 1)]
+            for col in self.cols.values():
+                col[dst] = col[src]
+        self.base[ns] = offsets.astype(np.int32)
+        self.mask[ns] = new_mask.astype(np.uint8)
 
     def _reserve(self, n_rows: int) -> None:
         cap = next(iter(self.cols.values())).shape[0] if self.cols else 0
@@ -322,16 +449,19 @@ class SlotTable:
 
     def row_of(self, sid: int, metric: Metric) -> int | None:
         """The row of one pair, or None when it has no state (tests, descriptions)."""
-        if sid >= self.base.shape[0] or self.base[sid] < 0 or self.local[metric] < 0:
-            return None
-        return int(self.base[sid]) + int(self.local[metric])
+        row = int(self.find(np.array([sid], np.int32), np.array([metric], np.uint8))[0])
+        return None if row < 0 else row
 
     @property
     def nbytes(self) -> int:
-        return int(self.base.nbytes) + sum(int(c.nbytes) for c in self.cols.values())
+        """Allocated bytes (capacity, including unused rows and growth slack)."""
+        arrays: list[NDArray[Any]] = [self.base, self.mask, *self.cols.values()]
+        return sum(int(a.nbytes) for a in arrays)
 
     def snapshot(self, prefix: str) -> Snapshot:
         snap: Snapshot = {f"{prefix}base": self.base.copy()}
+        if self.per_metric:
+            snap[f"{prefix}mask"] = self.mask.copy()
         snap[f"{prefix}n_rows"] = np.array(self.n_rows, np.int64)
         for name, col in self.cols.items():
             snap[f"{prefix}col.{name}"] = col[: self.n_rows].copy()
@@ -339,6 +469,8 @@ class SlotTable:
 
     def restore(self, snap: Mapping[str, NDArray[Any]], prefix: str) -> None:
         self.base = np.array(snap[f"{prefix}base"], dtype=np.int32)
+        if self.per_metric:
+            self.mask = np.array(snap[f"{prefix}mask"], dtype=np.uint8)
         n = int(snap[f"{prefix}n_rows"])
         self.n_rows = 0
         self.cols = {
@@ -432,66 +564,76 @@ _DET_DTYPES: Final = (
 )
 
 
-class Collector:
-    """Accumulates detections from the rounds of one update."""
+def run_kernel(
+    n_items: int,
+    step: Callable[[int, NDArray[np.int64], NDArray[np.float64]], Step],
+    allocate: Callable[[int], None],
+) -> Out:
+    """Drive a kernel over ``n_items`` rows or messages.
 
-    __slots__ = ("_parts",)
-
-    def __init__(self) -> None:
-        self._parts: list[Detections] = []
-
-    def add(
-        self,
-        mask: NDArray[np.bool_],
-        *,
-        row: I64 | IntP,
-        sid: I64,
-        metric: NDArray[Any] | int,
-        code: int,
-        state: int,
-        ts_ns: I64,
-        value: F64,
-        score: F64,
-        ref: F64 | float = np.nan,
-        label: NDArray[Any] | int = 0,
-    ) -> None:
-        if not bool(mask.any()):
-            return
-        idx = np.flatnonzero(mask)
-        k = idx.shape[0]
-
-        def pick(x: NDArray[Any] | float | int, dtype: DTypeLike) -> NDArray[Any]:
-            if isinstance(x, np.ndarray):
-                return x[idx].astype(dtype, copy=False)
-            return np.full(k, x, dtype=dtype)
-
-        self._parts.append(
-            Detections(
-                pick(row, np.int64),
-                pick(sid, np.int64),
-                pick(metric, np.int16),
-                np.full(k, code, np.uint8),
-                np.full(k, state, np.uint8),
-                pick(ts_ns, np.int64),
-                pick(value, np.float64),
-                pick(score, np.float64),
-                pick(ref, np.float64),
-                pick(label, np.int16),
-                np.zeros(k, np.uint8),
-            )
-        )
-
-    def result(self) -> Detections:
-        return Detections.concat(self._parts).sorted_by_row()
+    ``step(i, oi, of)`` runs the kernel from item ``i`` with empty buffers (each
+    item needs at most 2 free rows; the kernels stop before an item that does
+    not fit) and returns a ``Step``. When it stopped at an item without a state
+    row, ``allocate(i)`` allocates the rows of items ``i..`` (all at once, in
+    ascending series order, as if allocated before the batch); when the buffers
+    were full, larger ones are used. ``step`` must read the table columns anew
+    on each call (allocation may replace them).
+    """
+    cap = 16 + n_items // 256
+    ois: list[NDArray[np.int64]] = []
+    ofs: list[NDArray[np.float64]] = []
+    i = 0
+    while True:
+        oi = np.empty((cap, 5), np.int64)
+        of = np.empty((cap, 3), np.float64)
+        i, k, missing = step(i, oi, of)
+        if k:
+            ois.append(oi[:k])
+            ofs.append(of[:k])
+        if i >= n_items:
+            break
+        if missing:
+            allocate(i)
+        else:
+            cap *= 4
+    if len(ois) == 1:
+        return ois[0], ofs[0]
+    if not ois:
+        return np.empty((0, 5), np.int64), np.empty((0, 3), np.float64)
+    return np.concatenate(ois), np.concatenate(ofs)
 
 
-def gather(table: SlotTable, rows: IntP, names: Iterable[str]) -> list[NDArray[Any]]:
-    return [table.cols[n][rows] for n in names]
+def row_allocator(table: SlotTable, plan: BatchPlan) -> Callable[[int], None]:
+    """``allocate`` for ``run_kernel`` over the rows of a batch."""
+
+    def allocate(i: int) -> None:
+        table.allocate(plan.sid[i:], plan.metric[i:], plan.n_series)
+
+    return allocate
 
 
-def scatter(table: SlotTable, rows: IntP, values: Mapping[str, NDArray[Any]]) -> None:
-    for name, v in values.items():
-        table.cols[name][rows] = v
+def detections_of(plan: BatchPlan, out: Out, *, metric: int | None = None) -> Detections:
+    """The detections a kernel wrote over ``plan`` (column 0 = batch row);
+    ``metric``: the same for all (-1: a series event), or None: the row's metric."""
+    oi, of = out
+    k = int(oi.shape[0])
+    if k == 0:
+        return Detections.empty()
+    row = oi[:, 0].copy()
+    met = plan.metric[row].astype(np.int16) if metric is None else np.full(k, metric, np.int16)
+    return Detections(
+        row,
+        plan.sid[row].astype(np.int64),
+        met,
+        oi[:, 2].astype(np.uint8),
+        oi[:, 3].astype(np.uint8),
+        oi[:, 1].copy(),
+        of[:, 0].copy(),
+        of[:, 1].copy(),
+        of[:, 2].copy(),
+        oi[:, 4].astype(np.int16),
+        np.zeros(k, np.uint8),
+    )
 
 
 def per_metric(

@@ -21,31 +21,135 @@ humidity (domain.md section 6). Per message of an air series:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Final
 
 import numpy as np
 from numpy.typing import NDArray
 
 from processors._detect_core import (
     END,
+    NO_METRIC,
     START,
     BatchPlan,
-    Collector,
     Column,
     Described,
     DetectionRow,
     Detections,
     DetectorBase,
     SlotTable,
+    Step,
+    detections_of,
+    f64,
+    i64,
+    put,
+    run_kernel,
     series_layout,
+    slot_row,
 )
+from processors._jit import kernel
 from urbanpulse._batch import ReadingBatch
 from urbanpulse._events import Severity
 from urbanpulse._schema import N_METRICS, Metric, ReadingFlag
 
 __all__ = ["HumidityConfig", "HumidityDetector"]
 
-_NS = 1_000_000_000
+_NS: Final = 1_000_000_000
+F32 = NDArray[np.float32]
+F64 = NDArray[np.float64]
+I64 = NDArray[np.int64]
+I32 = NDArray[np.int32]
+U8 = NDArray[np.uint8]
+I64_2D = NDArray[np.int64]
+F64_2D = NDArray[np.float64]
+
+
+_RH: Final = int(Metric.RELATIVE_HUMIDITY)
+_HUMID: Final = int(ReadingFlag.HUMID)
+
+
+@kernel
+def _humid_keys(first: I64, metric: U8, is_pm: NDArray[np.bool_]) -> U8:
+    """Per message: the table key, RH when the message has PM or RH, else
+    ``NO_METRIC`` (no state)."""
+    n_msg = first.shape[0]
+    n = metric.shape[0]
+    key = np.full(n_msg, NO_METRIC, np.uint8)
+    for j in range(n_msg):
+        end = first[j + 1] if j + 1 < n_msg else n
+        for i in range(first[j], end):
+            if metric[i] == _RH or is_pm[metric[i]]:
+                key[j] = _RH
+    return key
+
+
+@kernel
+def _humid_kernel(
+    j0: int,
+    first: I64,
+    sid: I32,
+    metric: U8,
+    value: F64,
+    ts_ns: I64,
+    base: I32,
+    mask: U8,
+    is_pm: NDArray[np.bool_],
+    max_age_s: float,
+    flag_pct: float,
+    event_pct: float,
+    event_readings: int,
+    clear_pct: float,
+    c_rh: F32,
+    c_rh_s: NDArray[np.uint32],
+    c_run: U8,
+    c_act: U8,
+    flags: U8,
+    oi: I64_2D,
+    of: F64_2D,
+) -> Step:
+    k = 0
+    n_msg = first.shape[0]
+    n = metric.shape[0]
+    for j in range(j0, n_msg):
+        if k + 1 > oi.shape[0]:
+            return j, k, False
+        a = first[j]
+        end = first[j + 1] if j + 1 < n_msg else n
+        hp = hr = False
+        rh = np.nan
+        for i in range(a, end):
+            if metric[i] == _RH:
+                hr, rh = True, value[i]
+            elif is_pm[metric[i]]:
+                hp = True
+        if not (hp or hr):
+            continue
+        r = slot_row(base, mask, 0, sid[a])
+        if r < 0:
+            return j, k, True
+        ts = ts_ns[a]
+        t_s = ts // _NS
+        last = f64(c_rh[r])
+        age = abs(t_s - i64(c_rh_s[r]))
+        eff = rh if hr else (last if age <= max_age_s else np.nan)
+        if hp and eff > flag_pct:
+            for i in range(a, end):
+                if is_pm[metric[i]]:
+                    flags[i] = _HUMID
+        act = c_act[r] != 0
+        wet = hp and eff > event_pct
+        run = min(i64(c_run[r]), 254) + 1 if wet else 0
+        c_run[r] = run
+        start = wet and not act and run >= event_readings
+        stop = act and not eff > clear_pct
+        if hr:
+            c_rh[r] = eff
+            c_rh_s[r] = t_s
+        if start or stop:
+            c_act[r] = 1 if start else 0
+            state, ref = (START, event_pct) if start else (END, clear_pct)
+            put(oi, of, k, a, ts, 0, state, 0, eff, eff - event_pct, ref)
+            k += 1
+    return n_msg, k, False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -76,7 +180,7 @@ class HumidityDetector(DetectorBase):
 
     def __init__(self, config: HumidityConfig | None = None) -> None:
         cfg = HumidityConfig() if config is None else config
-        local, width = series_layout((*cfg.pm_metrics, Metric.RELATIVE_HUMIDITY))
+        local = series_layout((*cfg.pm_metrics, Metric.RELATIVE_HUMIDITY))
         table = SlotTable(
             {
                 "rh": Column(np.float32, np.nan),
@@ -85,7 +189,7 @@ class HumidityDetector(DetectorBase):
                 "active": Column(np.uint8, 0),
             },
             local,
-            width,
+            per_metric=False,
         )
         super().__init__(cfg.enabled, {"humid": table})
         self.config = cfg
@@ -105,56 +209,42 @@ class HumidityDetector(DetectorBase):
         return self._detect(BatchPlan.of(batch) if plan is None else plan)
 
     def _detect(self, plan: BatchPlan) -> tuple[Detections, NDArray[np.uint8]]:
-        flags = np.zeros(len(plan), np.uint8)
         t, cfg = self._table, self.config
-        rh_msg, has_rh = plan.message_values(Metric.RELATIVE_HUMIDITY)
-        pm_rows = np.flatnonzero(self._is_pm[plan.metric])
-        has_pm = np.zeros(plan.n_messages, np.bool_)
-        has_pm[plan.msg_of_row[pm_rows]] = True
-        msel = np.flatnonzero(has_pm | has_rh)
-        if msel.shape[0] == 0:
-            return Detections.empty(), flags
-        first = plan.msg_first[msel]
-        sid, ts = plan.sid[first], plan.ts_ns[first]
-        rows_all = t.rows(sid, np.full(msel.shape[0], Metric.RELATIVE_HUMIDITY, np.uint8))
-        t_s_all = ts // _NS
-        humid_msg = np.zeros(plan.n_messages, np.bool_)
-        c_rh, c_rh_s, c_act, c_run = (t.cols[k] for k in ("rh", "rh_s", "active", "run"))
-        out = Collector()
-        for p in plan.message_rounds(msel):
-            rows = rows_all[p]
-            m = msel[p]
-            t_s = t_s_all[p]
-            hr = has_rh[m]
-            hp = has_pm[m]
-            last = c_rh[rows].astype(np.float64)
-            age = np.abs(t_s - c_rh_s[rows].astype(np.int64))
-            eff = np.where(hr, rh_msg[m], np.where(age <= cfg.max_rh_age_s, last, np.nan))
-            humid = eff > cfg.rh_threshold_pct
-            humid_msg[m] = humid & hp
-            act = c_act[rows].view(np.bool_)
-            wet = hp & (eff > cfg.event_rh_pct)
-            run = np.where(wet, np.minimum(c_run[rows], 254) + 1, 0).astype(np.uint8)
-            c_run[rows] = run
-            start = wet & ~act & (run >= cfg.event_readings)
-            end = act & ~(eff > cfg.clear_below_pct)
-            c_rh[rows] = np.where(hr, rh_msg[m], last).astype(np.float32)
-            c_rh_s[rows] = np.where(hr, t_s, c_rh_s[rows]).astype(np.uint32)
-            if bool(start.any()) or bool(end.any()):
-                c_act[rows] = ((act | start) & ~end).view(np.uint8)
-                common: dict[str, Any] = {
-                    "row": first[p],
-                    "sid": sid[p],
-                    "metric": int(Metric.RELATIVE_HUMIDITY),
-                    "code": 0,
-                    "ts_ns": ts[p],
-                    "value": eff,
-                    "score": eff - cfg.event_rh_pct,
-                }
-                out.add(start, **common, state=START, ref=cfg.event_rh_pct)
-                out.add(end, **common, state=END, ref=cfg.clear_below_pct)
-        flags[pm_rows[humid_msg[plan.msg_of_row[pm_rows]]]] = ReadingFlag.HUMID
-        return out.result(), flags
+        first = plan.msg_first
+        flags = np.zeros(len(plan), np.uint8)
+
+        def step(j: int, oi: I64_2D, of: F64_2D) -> Step:
+            c = t.cols
+            return _humid_kernel(
+                j,
+                first,
+                plan.sid,
+                plan.metric,
+                plan.value,
+                plan.ts_ns,
+                t.base,
+                t.mask,
+                self._is_pm,
+                float(cfg.max_rh_age_s),
+                float(cfg.rh_threshold_pct),
+                float(cfg.event_rh_pct),
+                int(cfg.event_readings),
+                float(cfg.clear_below_pct),
+                c["rh"],
+                c["rh_s"],
+                c["run"],
+                c["active"],
+                flags,
+                oi,
+                of,
+            )
+
+        def allocate(j: int) -> None:
+            key = _humid_keys(first[j:], plan.metric, self._is_pm)
+            t.allocate(plan.sid[first[j:]], key, plan.n_series)
+
+        out = run_kernel(plan.n_messages, step, allocate)
+        return detections_of(plan, out, metric=int(Metric.RELATIVE_HUMIDITY)), flags
 
     def describe(self, row: DetectionRow) -> Described:
         if row.state == START:

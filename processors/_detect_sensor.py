@@ -45,7 +45,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
 from numpy.typing import NDArray
@@ -54,16 +54,26 @@ from processors._detect_core import (
     END,
     START,
     BatchPlan,
-    Collector,
     Column,
     Described,
     DetectionRow,
     Detections,
     DetectorBase,
     SlotTable,
+    Step,
+    detections_of,
+    f64,
+    i64,
     metric_layout,
+    np_max,
+    np_min,
+    put,
+    row_allocator,
+    run_kernel,
     series_layout,
+    slot_row,
 )
+from processors._jit import kernel
 from urbanpulse._batch import ReadingBatch
 from urbanpulse._events import Severity
 from urbanpulse._schema import KIND_METRICS, N_METRICS, Kind, Metric
@@ -84,6 +94,12 @@ __all__ = [
 ]
 
 F64 = NDArray[np.float64]
+F32 = NDArray[np.float32]
+I64 = NDArray[np.int64]
+I32 = NDArray[np.int32]
+U8 = NDArray[np.uint8]
+I64_2D = NDArray[np.int64]
+F64_2D = NDArray[np.float64]
 _NS: Final = 1_000_000_000
 
 #: Plausible range of a WORKING sensor, inclusive (domain.md section 6):
@@ -112,6 +128,61 @@ _REASONS: Final = ("below", "above", "pinned")
 
 # --------------------------------------------------------------------------- range
 
+_PM10: Final = int(Metric.PM10)
+
+
+@kernel
+def _range_kernel(
+    i0: int,
+    sid: I32,
+    metric: U8,
+    value: F64,
+    ts_ns: I64,
+    base: I32,
+    mask: U8,
+    local: I64,
+    lo: F64,
+    hi: F64,
+    n_start: int,
+    n_end: int,
+    faulty: U8,
+    run: U8,
+    oi: I64_2D,
+    of: F64_2D,
+) -> Step:
+    k = 0
+    for i in range(i0, sid.shape[0]):
+        if k + 1 > oi.shape[0]:
+            return i, k, False
+        m = metric[i]
+        slot = local[m]
+        if slot < 0:
+            continue
+        r = slot_row(base, mask, slot, sid[i])
+        if r < 0:
+            return i, k, True
+        v = value[i]
+        f = faulty[r] != 0
+        bad = (v < lo[m]) or (v > hi[m])
+        run2 = min(i64(run[r]), 254) + 1 if bad != f else 0
+        start = not f and run2 >= n_start
+        end = f and run2 >= n_end
+        if start or end:
+            run2 = 0
+            faulty[r] = 0 if f else 1
+            above = v > hi[m]
+            bound = hi[m] if above else lo[m]
+            if start:
+                pinned = above and v in (999.9, 1999.9) and m <= _PM10
+                label = 2 if pinned else (1 if above else 0)
+                score = v - hi[m] if above else lo[m] - v
+                put(oi, of, k, i, ts_ns[i], 0, START, label, v, score, bound)
+            else:
+                put(oi, of, k, i, ts_ns[i], 0, END, 0, v, float(n_end), bound)
+            k += 1
+        run[r] = run2
+    return sid.shape[0], k, False
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RangeConfig:
@@ -138,8 +209,10 @@ class RangeDetector(DetectorBase):
 
     def __init__(self, config: RangeConfig | None = None) -> None:
         cfg = RangeConfig() if config is None else config
-        local, width = metric_layout(Metric(m) for m in cfg.ranges)
-        table = SlotTable({"faulty": Column(np.uint8, 0), "run": Column(np.uint8, 0)}, local, width)
+        local = metric_layout(Metric(m) for m in cfg.ranges)
+        table = SlotTable(
+            {"faulty": Column(np.uint8, 0), "run": Column(np.uint8, 0)}, local, per_metric=True
+        )
         super().__init__(cfg.enabled, {"range": table})
         self.config = cfg
         self._table = table
@@ -154,59 +227,30 @@ class RangeDetector(DetectorBase):
         return (v < self._lo[m]) | (v > self._hi[m])
 
     def _update(self, plan: BatchPlan) -> Detections:
-        t = self._table
-        sel = np.flatnonzero(t.covered(plan.metric))
-        if sel.shape[0] == 0:
-            return Detections.empty()
-        met, val, ts = plan.metric[sel], plan.value[sel], plan.ts_ns[sel]
-        sid = plan.sid[sel]
-        rows_all = t.rows(sid, met)
-        lo, hi = self._lo[met], self._hi[met]
-        bad_all = (val < lo) | (val > hi)
-        n_start, n_end = self.config.start_readings, self.config.recover_readings
-        out = Collector()
-        faulty_c, run_c = t.cols["faulty"], t.cols["run"]
-        for p in plan.row_rounds(sel):
-            rows = rows_all[p]
-            f = faulty_c[rows].view(np.bool_)
-            run = run_c[rows]
-            bad = bad_all[p]
-            run2 = np.where(bad != f, np.minimum(run, 254) + 1, 0).astype(np.uint8)
-            start = ~f & (run2 >= n_start)
-            end = f & (run2 >= n_end)
-            flip = start | end
-            if bool(flip.any()):
-                run2[flip] = 0
-                faulty_c[rows] = (f ^ flip).view(np.uint8)
-                v, m = val[p], met[p]
-                above = v > hi[p]
-                pinned = above & np.isin(v, _PINNED) & (m <= Metric.PM10)
-                common: dict[str, Any] = {
-                    "row": sel[p],
-                    "sid": sid[p],
-                    "metric": m,
-                    "ts_ns": ts[p],
-                    "value": v,
-                }
-                out.add(
-                    start,
-                    **common,
-                    code=0,
-                    state=START,
-                    score=np.where(above, v - hi[p], lo[p] - v),
-                    ref=np.where(above, hi[p], lo[p]),
-                    label=np.where(pinned, 2, above.astype(np.int16)),
-                )
-                out.add(
-                    end,
-                    **common,
-                    code=0,
-                    state=END,
-                    score=np.full(v.shape[0], float(n_end)),
-                    ref=np.where(v > hi[p], hi[p], lo[p]),
-                )
-            run_c[rows] = run2
-        return out.result()
+        t, cfg = self._table, self.config
+
+        def step(i: int, oi: I64_2D, of: F64_2D) -> Step:
+            c = t.cols
+            return _range_kernel(
+                i,
+                plan.sid,
+                plan.metric,
+                plan.value,
+                plan.ts_ns,
+                t.base,
+                t.mask,
+                t.local,
+                self._lo,
+                self._hi,
+                int(cfg.start_readings),
+                int(cfg.recover_readings),
+                c["faulty"],
+                c["run"],
+                oi,
+                of,
+            )
+
+        return detections_of(plan, run_kernel(len(plan), step, row_allocator(t, plan)))
 
     def describe(self, row: DetectionRow) -> Described:
         lo, hi = self._lo[row.metric], self._hi[row.metric]
@@ -250,6 +294,84 @@ DEFAULT_MIN_STD: Final[Mapping[Metric, float]] = MappingProxyType(
 )
 _MS: Final = 1_000_000
 _U32: Final = (1 << 32) - 1
+
+
+@kernel
+def _spike_kernel(
+    i0: int,
+    sid: I32,
+    metric: U8,
+    value: F64,
+    ts_ns: I64,
+    base: I32,
+    mask: U8,
+    local: I64,
+    min_var: F64,
+    up: NDArray[np.bool_],
+    warmup: int,
+    thr: float,
+    normal_z: float,
+    wz: float,
+    alpha: float,
+    alpha_var: float,
+    max_run: int,
+    c_mean: F32,
+    c_var: F32,
+    c_n: U8,
+    c_run: U8,
+    c_pv: F32,
+    c_pms: NDArray[np.uint32],
+    oi: I64_2D,
+    of: F64_2D,
+) -> Step:
+    k = 0
+    for i in range(i0, sid.shape[0]):
+        if k + 2 > oi.shape[0]:
+            return i, k, False
+        m = metric[i]
+        slot = local[m]
+        if slot < 0:
+            continue
+        r = slot_row(base, mask, slot, sid[i])
+        if r < 0:
+            return i, k, True
+        x = value[i]
+        mu = f64(c_mean[r])
+        var = f64(c_var[r])
+        n = i64(c_n[r])
+        sd = np.sqrt(np_max(var, min_var[m]))
+        z = (x - mu) / sd
+        warm = n >= warmup
+        dz = z if up[m] else abs(z)
+        extreme = warm and dz > thr
+        lim = wz * sd
+        xc = np_min(np_max(x, mu - lim), mu + lim) if warm else x
+        inv_n = 1.0 / (float(n) + 1.0)
+        a = np_max(alpha, inv_n)
+        av = np_max(alpha_var, inv_n)
+        d = xc - mu
+        c_mean[r] = mu + a * d
+        c_var[r] = (1.0 - av) * (var + av * d * d)
+        c_n[r] = min(n, 254) + 1
+        run = i64(c_run[r])
+        if not extreme and run == 0:
+            continue
+        if extreme and run == 0:
+            c_pv[r] = x
+            c_pms[r] = (ts_ns[i] // _MS) & _U32
+        # a run goes on while readings stay beyond normal_z (or the warm-up
+        # ends under it); it is confirmed as a spike by a normal reading
+        going = extreme if run == 0 else (not warm or dz > normal_z)
+        c_run[r] = min(run, 254) + 1 if going else 0
+        if not going and 1 <= run <= max_run:
+            now = ts_ns[i]
+            now_ms = now // _MS
+            back = (now_ms - i64(c_pms[r])) & _U32
+            pv = f64(c_pv[r])
+            put(oi, of, k, i, (now_ms - back) * _MS, 0, START, run, pv, (pv - mu) / sd, mu)
+            put(oi, of, k + 1, i, now, 0, END, 0, x, z, mu)
+            k += 2
+    return sid.shape[0], k, False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -300,7 +422,7 @@ class SpikeDetector(DetectorBase):
 
     def __init__(self, config: SpikeConfig | None = None) -> None:
         cfg = SpikeConfig() if config is None else config
-        local, width = metric_layout(cfg.metrics)
+        local = metric_layout(cfg.metrics)
         table = SlotTable(
             {
                 "mean": Column(np.float32, 0.0),
@@ -311,7 +433,7 @@ class SpikeDetector(DetectorBase):
                 "pend_ms": Column(np.uint32, 0),
             },
             local,
-            width,
+            per_metric=True,
         )
         super().__init__(cfg.enabled, {"spike": table})
         self.config = cfg
@@ -328,10 +450,9 @@ class SpikeDetector(DetectorBase):
         NaN for rows without a warmed-up baseline or an unscored metric."""
         t = self._table
         out = np.full(len(batch), np.nan)
-        sid = batch.sid.astype(np.int64)
-        idx = np.flatnonzero(t.covered(batch.metric) & (sid < t.base.shape[0]))
-        idx = idx[t.base[sid[idx]] >= 0]
-        rows = t.base[sid[idx]].astype(np.intp) + t.local[batch.metric[idx]]
+        rows = t.find(batch.sid, batch.metric)
+        idx = np.flatnonzero(rows >= 0)
+        rows = rows[idx]
         warm = t.cols["n"][rows] >= self.config.warmup_readings
         idx, rows = idx[warm], rows[warm]
         mu = t.cols["mean"][rows].astype(np.float64)
@@ -341,74 +462,38 @@ class SpikeDetector(DetectorBase):
 
     def _update(self, plan: BatchPlan) -> Detections:
         t, cfg = self._table, self.config
-        sel = np.flatnonzero(t.covered(plan.metric))
-        if sel.shape[0] == 0:
-            return Detections.empty()
-        met, val, ts, sid = plan.metric[sel], plan.value[sel], plan.ts_ns[sel], plan.sid[sel]
-        rows_all = t.rows(sid, met)
-        min_var_all = self._min_var[met]
-        up_all = self._up[met]
-        out = Collector()
-        c_mean, c_var, c_n, c_run = (t.cols[k] for k in ("mean", "var", "n", "run"))
-        c_pv, c_pms = t.cols["pend_value"], t.cols["pend_ms"]
-        warmup, thr, wz, max_run = (
-            cfg.warmup_readings,
-            cfg.threshold_z,
-            cfg.winsor_z,
-            cfg.max_spike_readings,
-        )
-        for p in plan.row_rounds(sel):
-            rows = rows_all[p]
-            x = val[p]
-            mu = c_mean[rows].astype(np.float64)
-            var = c_var[rows].astype(np.float64)
-            n = c_n[rows]
-            sd = np.sqrt(np.maximum(var, min_var_all[p]))
-            z = (x - mu) / sd
-            warm = n >= warmup
-            dz = np.where(up_all[p], z, np.abs(z))
-            extreme = warm & (dz > thr)
-            lim = wz * sd
-            xc = np.where(warm, np.clip(x, mu - lim, mu + lim), x)
-            inv_n = 1.0 / (n.astype(np.float64) + 1.0)
-            a = np.maximum(cfg.alpha, inv_n)
-            av = np.maximum(cfg.alpha_var, inv_n)
-            d = xc - mu
-            c_mean[rows] = mu + a * d
-            c_var[rows] = (1.0 - av) * (var + av * d * d)
-            c_n[rows] = np.minimum(n, 254) + 1
-            run = c_run[rows]
-            if not (bool(extreme.any()) or bool(run.any())):
-                continue
-            onset = extreme & (run == 0)
-            if bool(onset.any()):
-                r_on = rows[onset]
-                c_pv[r_on] = x[onset]
-                c_pms[r_on] = ((ts[p][onset] // _MS) & _U32).astype(np.uint32)
-            # a run goes on while readings stay beyond normal_z (or the warm-up
-            # ends under it); it is confirmed as a spike by a normal reading
-            going = np.where(run == 0, extreme, ~warm | (dz > cfg.normal_z))
-            c_run[rows] = np.where(going, np.minimum(run, 254) + 1, 0)
-            confirm = ~going & (run >= 1) & (run <= max_run)
-            if bool(confirm.any()):
-                now = ts[p]
-                now_ms = now // _MS
-                back = (now_ms - c_pms[rows].astype(np.int64)) & _U32
-                pv = c_pv[rows].astype(np.float64)
-                common: dict[str, Any] = {"row": sel[p], "sid": sid[p], "metric": met[p]}
-                out.add(
-                    confirm,
-                    **common,
-                    code=0,
-                    state=START,
-                    ts_ns=(now_ms - back) * _MS,
-                    value=pv,
-                    score=(pv - mu) / sd,
-                    ref=mu,
-                    label=run,
-                )
-                out.add(confirm, **common, code=0, state=END, ts_ns=now, value=x, score=z, ref=mu)
-        return out.result()
+
+        def step(i: int, oi: I64_2D, of: F64_2D) -> Step:
+            c = t.cols
+            return _spike_kernel(
+                i,
+                plan.sid,
+                plan.metric,
+                plan.value,
+                plan.ts_ns,
+                t.base,
+                t.mask,
+                t.local,
+                self._min_var,
+                self._up,
+                int(cfg.warmup_readings),
+                float(cfg.threshold_z),
+                float(cfg.normal_z),
+                float(cfg.winsor_z),
+                float(cfg.alpha),
+                float(cfg.alpha_var),
+                int(cfg.max_spike_readings),
+                c["mean"],
+                c["var"],
+                c["n"],
+                c["run"],
+                c["pend_value"],
+                c["pend_ms"],
+                oi,
+                of,
+            )
+
+        return detections_of(plan, run_kernel(len(plan), step, row_allocator(t, plan)))
 
     def describe(self, row: DetectionRow) -> Described:
         if row.state == START:
@@ -467,12 +552,66 @@ class FlatlineConfig:
                 )
 
 
+@kernel
+def _flatline_kernel(
+    i0: int,
+    sid: I32,
+    metric: U8,
+    value: F64,
+    ts_ns: I64,
+    base: I32,
+    mask: U8,
+    local: I64,
+    n_min: I64,
+    t_min: I64,
+    zero_ok: NDArray[np.bool_],
+    c_last: F32,
+    c_run: NDArray[np.uint16],
+    c_start: NDArray[np.uint32],
+    c_act: U8,
+    oi: I64_2D,
+    of: F64_2D,
+) -> Step:
+    k = 0
+    for i in range(i0, sid.shape[0]):
+        if k + 1 > oi.shape[0]:
+            return i, k, False
+        m = metric[i]
+        slot = local[m]
+        if slot < 0:
+            continue
+        r = slot_row(base, mask, slot, sid[i])
+        if r < 0:
+            return i, k, True
+        v = value[i]
+        x32 = np.float32(v)
+        t_s = ts_ns[i] // _NS
+        same = x32 == c_last[r]
+        run = min(i64(c_run[r]), 65_534) + 1 if same else 1
+        start_s = i64(c_start[r]) if same else t_s
+        act = c_act[r] != 0
+        eligible = not (zero_ok[m] and v == 0.0)
+        stuck = eligible and (run >= n_min[m] or t_s - start_s >= t_min[m])
+        c_last[r] = x32
+        c_run[r] = run
+        c_start[r] = start_s
+        if stuck and not act:
+            c_act[r] = 1
+            put(oi, of, k, i, ts_ns[i], 0, START, 0, v, float(run), float(t_s - start_s))
+            k += 1
+        elif act and not same:
+            c_act[r] = 0
+            put(oi, of, k, i, ts_ns[i], 0, END, 0, v, 1.0, np.nan)
+            k += 1
+    return sid.shape[0], k, False
+
+
 class FlatlineDetector(DetectorBase):
     name = "flatline"
 
     def __init__(self, config: FlatlineConfig | None = None) -> None:
         cfg = FlatlineConfig() if config is None else config
-        local, width = metric_layout(Metric(m) for m in cfg.rules)
+        local = metric_layout(Metric(m) for m in cfg.rules)
         table = SlotTable(
             {
                 "last": Column(np.float32, np.nan),
@@ -481,7 +620,7 @@ class FlatlineDetector(DetectorBase):
                 "active": Column(np.uint8, 0),
             },
             local,
-            width,
+            per_metric=True,
         )
         super().__init__(cfg.enabled, {"flatline": table})
         self.config = cfg
@@ -497,50 +636,30 @@ class FlatlineDetector(DetectorBase):
 
     def _update(self, plan: BatchPlan) -> Detections:
         t = self._table
-        sel = np.flatnonzero(t.covered(plan.metric))
-        if sel.shape[0] == 0:
-            return Detections.empty()
-        met, val, ts, sid = plan.metric[sel], plan.value[sel], plan.ts_ns[sel], plan.sid[sel]
-        rows_all = t.rows(sid, met)
-        x32_all = val.astype(np.float32)
-        t_s_all = ts // _NS
-        eligible_all = ~(self._zero_ok[met] & (val == 0.0))
-        n_min, t_min = self._n[met], self._t[met]
-        c_last, c_run, c_start, c_act = (t.cols[k] for k in ("last", "run", "start_s", "active"))
-        out = Collector()
-        for p in plan.row_rounds(sel):
-            rows = rows_all[p]
-            x32 = x32_all[p]
-            t_s = t_s_all[p]
-            same = x32 == c_last[rows]
-            run = np.where(same, np.minimum(c_run[rows], 65_534) + 1, 1).astype(np.uint16)
-            start_s = np.where(same, c_start[rows].astype(np.int64), t_s)
-            act = c_act[rows].view(np.bool_)
-            stuck = eligible_all[p] & ((run >= n_min[p]) | (t_s - start_s >= t_min[p]))
-            begin = stuck & ~act
-            finish = act & ~same
-            c_last[rows] = x32
-            c_run[rows] = run
-            c_start[rows] = start_s.astype(np.uint32)
-            if bool(begin.any()) or bool(finish.any()):
-                c_act[rows] = (np.where(same, act | stuck, False)).view(np.uint8)
-                common: dict[str, Any] = {
-                    "row": sel[p],
-                    "sid": sid[p],
-                    "metric": met[p],
-                    "ts_ns": ts[p],
-                    "value": val[p],
-                }
-                out.add(
-                    begin,
-                    **common,
-                    code=0,
-                    state=START,
-                    score=run.astype(np.float64),
-                    ref=(t_s - start_s).astype(np.float64),
-                )
-                out.add(finish, **common, code=0, state=END, score=np.ones(x32.shape[0]))
-        return out.result()
+
+        def step(i: int, oi: I64_2D, of: F64_2D) -> Step:
+            c = t.cols
+            return _flatline_kernel(
+                i,
+                plan.sid,
+                plan.metric,
+                plan.value,
+                plan.ts_ns,
+                t.base,
+                t.mask,
+                t.local,
+                self._n,
+                self._t,
+                self._zero_ok,
+                c["last"],
+                c["run"],
+                c["start_s"],
+                c["active"],
+                oi,
+                of,
+            )
+
+        return detections_of(plan, run_kernel(len(plan), step, row_allocator(t, plan)))
 
     def describe(self, row: DetectionRow) -> Described:
         if row.state == START:
@@ -585,12 +704,71 @@ class DeadSensorConfig:
             raise ValueError("warmup_messages must be in 2..255")
 
 
+@kernel
+def _dead_kernel(
+    j0: int,
+    first: I64,
+    sid: I32,
+    ts_ns: I64,
+    base: I32,
+    mask: U8,
+    factor: float,
+    floor_s: float,
+    min_silence_s: float,
+    alpha: float,
+    warmup: int,
+    c_last: I64,
+    c_iv: F32,
+    c_n: U8,
+    c_dead: U8,
+    oi: I64_2D,
+    of: F64_2D,
+) -> Step:
+    k = 0
+    for j in range(j0, first.shape[0]):
+        if k + 2 > oi.shape[0]:
+            return j, k, False
+        row = first[j]
+        r = slot_row(base, mask, 0, sid[row])
+        if r < 0:
+            return j, k, True
+        now = ts_ns[row]
+        last = c_last[r]
+        iv = f64(c_iv[r])
+        n = i64(c_n[r])
+        dead = c_dead[r] != 0
+        seen = n > 0
+        dt_ns = now - last
+        newer = seen and dt_ns > 0
+        limit_s = np_max(factor * np_max(iv, floor_s), min_silence_s)
+        limit_ns = int(limit_s * 1e9)
+        gap = newer and n >= warmup and not dead and dt_ns > limit_ns
+        recover = newer and dead
+        dt_s = dt_ns / 1e9
+        if newer:
+            x = np_min(dt_s, limit_s) if n >= 2 else dt_s
+            a = np_max(alpha, 1.0 / np_max(float(n), 1.0))
+            c_iv[r] = iv + a * (x - iv)
+        if newer or not seen:
+            c_last[r] = now
+            c_n[r] = min(n, 254) + 1
+        if gap or recover:
+            c_dead[r] = 0
+            ref = np_max(iv, floor_s)
+            if gap:
+                put(oi, of, k, row, last + limit_ns, 0, START, 0, limit_s, limit_s / ref, iv)
+                k += 1
+            put(oi, of, k, row, now, 0, END, 0, dt_s, dt_s / ref, iv)
+            k += 1
+    return first.shape[0], k, False
+
+
 class DeadSensorDetector(DetectorBase):
     name = "dead"
 
     def __init__(self, config: DeadSensorConfig | None = None) -> None:
         cfg = DeadSensorConfig() if config is None else config
-        local, width = series_layout(Metric)
+        local = series_layout(Metric)
         table = SlotTable(
             {
                 "sid": Column(np.int32, -1),
@@ -600,7 +778,7 @@ class DeadSensorDetector(DetectorBase):
                 "dead": Column(np.uint8, 0),
             },
             local,
-            width,
+            per_metric=False,
         )
         super().__init__(cfg.enabled, {"dead": table})
         self.config = cfg
@@ -615,60 +793,34 @@ class DeadSensorDetector(DetectorBase):
     def _update(self, plan: BatchPlan) -> Detections:
         t, cfg = self._table, self.config
         first = plan.msg_first
-        sid, ts, met = plan.sid[first], plan.ts_ns[first], plan.metric[first]
-        rows_all = t.rows(sid, met)
-        c_last, c_iv, c_n, c_dead = (t.cols[k] for k in ("last_ns", "interval_s", "n", "dead"))
-        out = Collector()
-        for p in plan.message_rounds(np.arange(plan.n_messages)):
-            rows = rows_all[p]
-            now = ts[p]
-            last = c_last[rows]
-            iv = c_iv[rows].astype(np.float64)
-            n = c_n[rows]
-            dead = c_dead[rows].view(np.bool_)
-            seen = n > 0
-            dt_ns = now - last
-            newer = seen & (dt_ns > 0)
-            limit_s = self._limit_s(iv)
-            limit_ns = (limit_s * 1e9).astype(np.int64)
-            warm = n >= cfg.warmup_messages
-            gap = newer & warm & ~dead & (dt_ns > limit_ns)
-            recover = newer & dead
-            dt_s = dt_ns / 1e9
-            x = np.where(n >= 2, np.minimum(dt_s, limit_s), dt_s)
-            a = np.maximum(cfg.alpha, 1.0 / np.maximum(n.astype(np.float64), 1.0))
-            c_iv[rows] = np.where(newer, iv + a * (x - iv), iv)
-            advance = newer | ~seen
-            c_last[rows] = np.where(advance, now, last)
-            c_n[rows] = np.where(advance, np.minimum(n, 254) + 1, n)
-            if bool(gap.any()) or bool(recover.any()):
-                c_dead[rows] = (dead & ~recover).view(np.uint8)
-                row, s = first[p], sid[p]
-                out.add(
-                    gap,
-                    row=row,
-                    sid=s,
-                    metric=-1,
-                    code=0,
-                    state=START,
-                    ts_ns=last + limit_ns,
-                    value=limit_s,
-                    score=limit_s / np.maximum(iv, cfg.floor_interval_s),
-                    ref=iv,
-                )
-                out.add(
-                    gap | recover,
-                    row=row,
-                    sid=s,
-                    metric=-1,
-                    code=0,
-                    state=END,
-                    ts_ns=now,
-                    value=dt_s,
-                    score=dt_s / np.maximum(iv, cfg.floor_interval_s),
-                    ref=iv,
-                )
-        return out.result()
+
+        def step(j: int, oi: I64_2D, of: F64_2D) -> Step:
+            c = t.cols
+            return _dead_kernel(
+                j,
+                first,
+                plan.sid,
+                plan.ts_ns,
+                t.base,
+                t.mask,
+                float(cfg.factor),
+                float(cfg.floor_interval_s),
+                float(cfg.min_silence_s),
+                float(cfg.alpha),
+                int(cfg.warmup_messages),
+                c["last_ns"],
+                c["interval_s"],
+                c["n"],
+                c["dead"],
+                oi,
+                of,
+            )
+
+        def allocate(j: int) -> None:
+            rows = first[j:]
+            t.allocate(plan.sid[rows], plan.metric[rows], plan.n_series)
+
+        return detections_of(plan, run_kernel(plan.n_messages, step, allocate), metric=-1)
 
     def _check(self, watermark_ns: int) -> Detections:
         t, cfg = self._table, self.config
@@ -693,20 +845,22 @@ class DeadSensorDetector(DetectorBase):
             limit_ns[order],
             silent[order],
         )
-        out = Collector()
-        out.add(
-            silent,
-            row=np.full(k, -1, np.int64),
-            sid=t.cols["sid"][:k][order].astype(np.int64),
-            metric=-1,
-            code=0,
-            state=START,
-            ts_ns=last + limit_ns,
-            value=limit_s,
-            score=limit_s / np.maximum(iv, cfg.floor_interval_s),
-            ref=iv,
+        sid = t.cols["sid"][:k][order].astype(np.int64)[silent]
+        limit_s, iv = limit_s[silent], iv[silent]
+        n = int(sid.shape[0])
+        return Detections(
+            np.full(n, -1, np.int64),
+            sid,
+            np.full(n, -1, np.int16),
+            np.zeros(n, np.uint8),
+            np.full(n, START, np.uint8),
+            (last + limit_ns)[silent],
+            limit_s,
+            limit_s / np.maximum(iv, cfg.floor_interval_s),
+            iv,
+            np.zeros(n, np.int16),
+            np.zeros(n, np.uint8),
         )
-        return out.result()
 
     def describe(self, row: DetectionRow) -> Described:
         if row.state == START:

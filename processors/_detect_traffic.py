@@ -43,7 +43,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
 from numpy.typing import NDArray
@@ -51,17 +51,29 @@ from numpy.typing import NDArray
 from processors._detect_core import (
     CHANGE,
     END,
+    NO_METRIC,
     START,
     BatchPlan,
-    Collector,
     Column,
     Described,
     DetectionRow,
     Detections,
     DetectorBase,
     SlotTable,
+    Step,
+    detections_of,
+    f64,
+    i64,
+    np_max,
+    np_min,
+    popcount8,
+    put,
+    row_allocator,
+    run_kernel,
     series_layout,
+    slot_row,
 )
+from processors._jit import kernel
 from urbanpulse._events import Severity
 from urbanpulse._schema import Metric
 
@@ -77,10 +89,15 @@ __all__ = [
 ]
 
 F64 = NDArray[np.float64]
+F32 = NDArray[np.float32]
+I64 = NDArray[np.int64]
+I32 = NDArray[np.int32]
+U8 = NDArray[np.uint8]
+I64_2D = NDArray[np.int64]
+F64_2D = NDArray[np.float64]
 _DAY_NS: Final = 86_400 * 1_000_000_000
 _HOUR_NS: Final = 3_600 * 1_000_000_000
 LOS_NAMES: Final = ("A", "B", "C", "D", "E", "F")
-_POPCOUNT: Final = np.array([bin(i).count("1") for i in range(256)], np.uint8)
 _SPEED: Final = Metric.AVERAGE_VEHICLE_SPEED
 
 
@@ -91,14 +108,6 @@ def los_class(ratio: F64, bounds: tuple[float, ...]) -> NDArray[np.int64]:
     for b in bounds:
         out += ratio <= b
     return out
-
-
-def _offpeak(ts_ns: NDArray[np.int64], hours: tuple[float, float], utc_offset_s: int) -> Any:
-    h = ((ts_ns + utc_offset_s * 1_000_000_000) % _DAY_NS) / _HOUR_NS
-    lo, hi = hours
-    if lo <= hi:
-        return (h >= lo) & (h < hi)
-    return (h >= lo) | (h < hi)
 
 
 # --------------------------------------------------------------------------- traffic state
@@ -146,12 +155,136 @@ class TrafficStateConfig:
             raise ValueError("los_bounds must be decreasing")
 
 
+@kernel
+def _los_of(ratio: float, bounds: F64) -> int:
+    """``los_class`` of one ratio."""
+    c = 0
+    for b in bounds:
+        if ratio <= b:
+            c += 1
+    return c
+
+
+@kernel
+def _quantile_of(hist: NDArray[np.uint8], r: int, quantile: float, bin_kmh: float) -> float:
+    """Interpolated quantile (km/h) of lane row ``r``'s histogram (linear inside
+    its bin)."""
+    n_bins = hist.shape[1]
+    total = 0
+    for j in range(n_bins):
+        total += i64(hist[r, j])
+    target = quantile * float(total)
+    # the first bin whose cumulative count reaches the target (bin 0 if none)
+    b, cum, cum_b = 0, 0, i64(hist[r, 0])
+    for j in range(n_bins):
+        cum += i64(hist[r, j])
+        if cum >= target:
+            b, cum_b = j, cum
+            break
+    hb = i64(hist[r, b])
+    frac = (target - float(cum_b - hb)) / float(hb)
+    return (b + frac) * bin_kmh
+
+
+@kernel
+def _traffic_state_kernel(
+    i0: int,
+    sid: I32,
+    metric: U8,
+    value: F64,
+    ts_ns: I64,
+    base: I32,
+    mask: U8,
+    local: I64,
+    utc_offset_ns: int,
+    off_lo: float,
+    off_hi: float,
+    bin_kmh: float,
+    refresh: int,
+    min_samples: int,
+    quantile: float,
+    smoothing_alpha: float,
+    congestion: bool,
+    congested_ratio: float,
+    clear_ratio: float,
+    level_of_service: bool,
+    bounds: F64,
+    los_margin: float,
+    hist: NDArray[np.uint8],
+    total: NDArray[np.uint16],
+    tick: U8,
+    c_ff: F32,
+    c_s: F32,
+    c_cong: U8,
+    c_los: U8,
+    oi: I64_2D,
+    of: F64_2D,
+) -> Step:
+    k = 0
+    n_bins = hist.shape[1]
+    for i in range(i0, sid.shape[0]):
+        if k + 2 > oi.shape[0]:
+            return i, k, False
+        slot = local[metric[i]]
+        if slot < 0:
+            continue
+        r = slot_row(base, mask, slot, sid[i])
+        if r < 0:
+            return i, k, True
+        v = value[i]
+        ts = ts_ns[i]
+        h = ((ts + utc_offset_ns) % _DAY_NS) / _HOUR_NS
+        off = (off_lo <= h < off_hi) if off_lo <= off_hi else (h >= off_lo or h < off_hi)
+        if off:
+            b = min(max(int(v / bin_kmh), 0), n_bins - 1)
+            if hist[r, b] == 255:
+                for j in range(n_bins):
+                    hist[r, j] >>= 1
+            hist[r, b] += 1
+            tot = min(i64(total[r]), 65_534) + 1
+            total[r] = tot
+            tk = (i64(tick[r]) + 1) % refresh
+            tick[r] = tk
+            if tot >= min_samples and (tk == 0 or np.isnan(c_ff[r])):
+                c_ff[r] = _quantile_of(hist, r, quantile, bin_kmh)
+        s = f64(c_s[r])
+        s = v if np.isnan(s) else s + smoothing_alpha * (v - s)
+        c_s[r] = s
+        ff = f64(c_ff[r])
+        ratio = s / ff
+        if np.isnan(ratio):
+            continue
+        if congestion:
+            cong = c_cong[r] != 0
+            if not cong and ratio < congested_ratio:
+                c_cong[r] = 1
+                put(oi, of, k, i, ts, 0, START, 0, s, ratio, ff)
+                k += 1
+            elif cong and ratio >= clear_ratio:
+                c_cong[r] = 0
+                put(oi, of, k, i, ts, 0, END, 0, s, ratio, ff)
+                k += 1
+        if level_of_service:
+            cur = i64(c_los[r])
+            if cur == 255:
+                c_los[r] = _los_of(ratio, bounds)
+            else:
+                worse = _los_of(ratio + los_margin, bounds)
+                better = _los_of(ratio - los_margin, bounds)
+                new = worse if worse > cur else (better if better < cur else cur)
+                if new != cur:
+                    c_los[r] = new
+                    put(oi, of, k, i, ts, 1, CHANGE, cur * 8 + new, s, ratio, ff)
+                    k += 1
+    return sid.shape[0], k, False
+
+
 class TrafficStateDetector(DetectorBase):
     name = "traffic_state"
 
     def __init__(self, config: TrafficStateConfig | None = None) -> None:
         cfg = TrafficStateConfig() if config is None else config
-        local, width = series_layout((_SPEED,))
+        local = series_layout((_SPEED,))
         table = SlotTable(
             {
                 "hist": Column(np.uint8, 0, (cfg.n_bins,)),
@@ -163,7 +296,7 @@ class TrafficStateDetector(DetectorBase):
                 "los": Column(np.uint8, 255),
             },
             local,
-            width,
+            per_metric=False,
         )
         super().__init__(
             cfg.enabled and (cfg.congestion or cfg.level_of_service), {"traffic": table}
@@ -176,87 +309,49 @@ class TrafficStateDetector(DetectorBase):
         row = self._table.row_of(sid, _SPEED)
         return float("nan") if row is None else float(self._table.cols["free_flow"][row])
 
-    def _free_flow_of(self, hist: NDArray[np.uint8]) -> F64:
-        """Interpolated quantile (km/h) of each histogram row."""
-        h = hist.astype(np.int64)
-        cum = np.cumsum(h, axis=1)
-        target = self.config.quantile * cum[:, -1].astype(np.float64)
-        b = np.argmax(cum >= target[:, None], axis=1)
-        i = np.arange(h.shape[0])
-        hb = h[i, b].astype(np.float64)
-        lower = (cum[i, b] - h[i, b]).astype(np.float64)
-        frac = (target - lower) / hb
-        ff: F64 = (b + frac) * self.config.bin_kmh
-        return ff
-
     def _update(self, plan: BatchPlan) -> Detections:
         t, cfg = self._table, self.config
-        sel = np.flatnonzero(plan.metric == _SPEED)
-        if sel.shape[0] == 0:
-            return Detections.empty()
-        val, ts, sid = plan.value[sel], plan.ts_ns[sel], plan.sid[sel]
-        rows_all = t.rows(sid, plan.metric[sel])
-        off_all = _offpeak(ts, cfg.offpeak_hours, cfg.utc_offset_s)
-        bins_all = np.clip((val / cfg.bin_kmh).astype(np.int64), 0, cfg.n_bins - 1)
-        hist, total, ffc = t.cols["hist"], t.cols["total"], t.cols["free_flow"]
-        tick = t.cols["tick"]
-        c_s, c_cong, c_los = t.cols["smooth"], t.cols["congested"], t.cols["los"]
-        bounds = cfg.los_bounds
-        out = Collector()
-        for p in plan.row_rounds(sel):
-            rows = rows_all[p]
-            off = off_all[p]
-            if bool(off.any()):
-                ro, b = rows[off], bins_all[p][off]
-                full = hist[ro, b] == 255
-                if bool(full.any()):
-                    hist[ro[full]] >>= 1
-                hist[ro, b] += 1
-                tot = np.minimum(total[ro], 65_534) + 1
-                total[ro] = tot
-                tk = (tick[ro].astype(np.int64) + 1) % cfg.refresh_samples
-                tick[ro] = tk
-                due = (tot >= cfg.min_offpeak_samples) & ((tk == 0) | np.isnan(ffc[ro]))
-                known = ro[due]
-                if known.shape[0]:
-                    ffc[known] = self._free_flow_of(hist[known])
-            v = val[p]
-            s = c_s[rows].astype(np.float64)
-            s = np.where(np.isnan(s), v, s + cfg.smoothing_alpha * (v - s))
-            c_s[rows] = s
-            ff = ffc[rows].astype(np.float64)
-            ratio = s / ff
-            known_r = ~np.isnan(ratio)
-            if not bool(known_r.any()):
-                continue
-            common: dict[str, Any] = {
-                "row": sel[p],
-                "sid": sid[p],
-                "metric": int(_SPEED),
-                "ts_ns": ts[p],
-                "value": s,
-                "score": ratio,
-                "ref": ff,
-            }
-            if cfg.congestion:
-                cong = c_cong[rows].view(np.bool_)
-                start = known_r & ~cong & (ratio < cfg.congested_ratio)
-                end = known_r & cong & (ratio >= cfg.clear_ratio)
-                if bool(start.any()) or bool(end.any()):
-                    c_cong[rows] = ((cong | start) & ~end).view(np.uint8)
-                    out.add(start, **common, code=0, state=START)
-                    out.add(end, **common, code=0, state=END)
-            if cfg.level_of_service:
-                cur = c_los[rows].astype(np.int64)
-                worse = los_class(ratio + cfg.los_margin, bounds)
-                better = los_class(ratio - cfg.los_margin, bounds)
-                new = np.where(worse > cur, worse, np.where(better < cur, better, cur))
-                new = np.where(cur == 255, los_class(ratio, bounds), new)
-                new = np.where(known_r, new, cur)
-                change = (cur != 255) & (new != cur)
-                c_los[rows] = new.astype(np.uint8)
-                out.add(change, **common, code=1, state=CHANGE, label=cur * 8 + new)
-        return out.result()
+        lo, hi = cfg.offpeak_hours
+        bounds = np.array(cfg.los_bounds, np.float64)
+
+        def step(i: int, oi: I64_2D, of: F64_2D) -> Step:
+            c = t.cols
+            return _traffic_state_kernel(
+                i,
+                plan.sid,
+                plan.metric,
+                plan.value,
+                plan.ts_ns,
+                t.base,
+                t.mask,
+                t.local,
+                int(cfg.utc_offset_s) * 1_000_000_000,
+                float(lo),
+                float(hi),
+                float(cfg.bin_kmh),
+                int(cfg.refresh_samples),
+                int(cfg.min_offpeak_samples),
+                float(cfg.quantile),
+                float(cfg.smoothing_alpha),
+                bool(cfg.congestion),
+                float(cfg.congested_ratio),
+                float(cfg.clear_ratio),
+                bool(cfg.level_of_service),
+                bounds,
+                float(cfg.los_margin),
+                c["hist"],
+                c["total"],
+                c["tick"],
+                c["free_flow"],
+                c["smooth"],
+                c["congested"],
+                c["los"],
+                oi,
+                of,
+            )
+
+        out = run_kernel(len(plan), step, row_allocator(t, plan))
+        return detections_of(plan, out, metric=int(_SPEED))
 
     def describe(self, row: DetectionRow) -> Described:
         pct = f"{100 * row.score:.0f} % of free flow {row.ref:.0f} km/h"
@@ -307,12 +402,71 @@ class SpeedDropConfig:
             raise ValueError("warmup_readings must be in 1..255")
 
 
+@kernel
+def _speed_drop_kernel(
+    i0: int,
+    sid: I32,
+    metric: U8,
+    value: F64,
+    ts_ns: I64,
+    base: I32,
+    mask: U8,
+    local: I64,
+    drop_fraction: float,
+    drop_kmh: float,
+    alpha: float,
+    k_hits: int,
+    window: int,
+    warmup: int,
+    min_baseline: float,
+    c_b: F32,
+    c_n: U8,
+    c_bits: U8,
+    c_act: U8,
+    oi: I64_2D,
+    of: F64_2D,
+) -> Step:
+    k = 0
+    for i in range(i0, sid.shape[0]):
+        if k + 1 > oi.shape[0]:
+            return i, k, False
+        slot = local[metric[i]]
+        if slot < 0:
+            continue
+        r = slot_row(base, mask, slot, sid[i])
+        if r < 0:
+            return i, k, True
+        v = value[i]
+        b = f64(c_b[r])
+        n = i64(c_n[r])
+        warm = n >= warmup
+        thr = np_min(drop_fraction * b, drop_kmh)
+        drop = warm and b >= min_baseline and b - v >= thr
+        bits = ((i64(c_bits[r]) << 1) | (1 if drop else 0)) & window
+        hits = popcount8(bits)
+        act = c_act[r] != 0
+        xw = np_max(v, b - thr) if warm else v
+        a = np_max(alpha, 1.0 / (float(n) + 1.0))
+        c_b[r] = b + a * (xw - b)
+        c_n[r] = min(n, 254) + 1
+        c_bits[r] = bits
+        if not act and hits >= k_hits:
+            c_act[r] = 1
+            put(oi, of, k, i, ts_ns[i], 0, START, hits, v, 1.0 - v / b, b)
+            k += 1
+        elif act and hits == 0:
+            c_act[r] = 0
+            put(oi, of, k, i, ts_ns[i], 0, END, hits, v, 1.0 - v / b, b)
+            k += 1
+    return sid.shape[0], k, False
+
+
 class SpeedDropDetector(DetectorBase):
     name = "incident"
 
     def __init__(self, config: SpeedDropConfig | None = None) -> None:
         cfg = SpeedDropConfig() if config is None else config
-        local, width = series_layout((_SPEED,))
+        local = series_layout((_SPEED,))
         table = SlotTable(
             {
                 "baseline": Column(np.float32, 0.0),
@@ -321,7 +475,7 @@ class SpeedDropDetector(DetectorBase):
                 "active": Column(np.uint8, 0),
             },
             local,
-            width,
+            per_metric=False,
         )
         super().__init__(cfg.enabled, {"speed": table})
         self.config = cfg
@@ -329,48 +483,35 @@ class SpeedDropDetector(DetectorBase):
 
     def _update(self, plan: BatchPlan) -> Detections:
         t, cfg = self._table, self.config
-        sel = np.flatnonzero(plan.metric == _SPEED)
-        if sel.shape[0] == 0:
-            return Detections.empty()
-        val, ts, sid = plan.value[sel], plan.ts_ns[sel], plan.sid[sel]
-        rows_all = t.rows(sid, plan.metric[sel])
-        c_b, c_n, c_bits, c_act = (t.cols[k] for k in ("baseline", "n", "bits", "active"))
-        mask = (1 << cfg.m) - 1
-        out = Collector()
-        for p in plan.row_rounds(sel):
-            rows = rows_all[p]
-            v = val[p]
-            b = c_b[rows].astype(np.float64)
-            n = c_n[rows]
-            warm = n >= cfg.warmup_readings
-            thr = np.minimum(cfg.drop_fraction * b, cfg.drop_kmh)
-            drop = warm & (b >= cfg.min_baseline_kmh) & (b - v >= thr)
-            bits = ((c_bits[rows] << 1) | drop) & mask
-            hits = _POPCOUNT[bits]
-            act = c_act[rows].view(np.bool_)
-            start = ~act & (hits >= cfg.k)
-            end = act & (hits == 0)
-            xw = np.where(warm, np.maximum(v, b - thr), v)
-            a = np.maximum(cfg.alpha, 1.0 / (n.astype(np.float64) + 1.0))
-            c_b[rows] = b + a * (xw - b)
-            c_n[rows] = np.minimum(n, 254) + 1
-            c_bits[rows] = bits
-            if bool(start.any()) or bool(end.any()):
-                c_act[rows] = ((act | start) & ~end).view(np.uint8)
-                common: dict[str, Any] = {
-                    "row": sel[p],
-                    "sid": sid[p],
-                    "metric": int(_SPEED),
-                    "code": 0,
-                    "ts_ns": ts[p],
-                    "value": v,
-                    "score": 1.0 - v / b,
-                    "ref": b,
-                    "label": hits,
-                }
-                out.add(start, **common, state=START)
-                out.add(end, **common, state=END)
-        return out.result()
+
+        def step(i: int, oi: I64_2D, of: F64_2D) -> Step:
+            c = t.cols
+            return _speed_drop_kernel(
+                i,
+                plan.sid,
+                plan.metric,
+                plan.value,
+                plan.ts_ns,
+                t.base,
+                t.mask,
+                t.local,
+                float(cfg.drop_fraction),
+                float(cfg.drop_kmh),
+                float(cfg.alpha),
+                int(cfg.k),
+                (1 << cfg.m) - 1,
+                int(cfg.warmup_readings),
+                float(cfg.min_baseline_kmh),
+                c["baseline"],
+                c["n"],
+                c["bits"],
+                c["active"],
+                oi,
+                of,
+            )
+
+        out = run_kernel(len(plan), step, row_allocator(t, plan))
+        return detections_of(plan, out, metric=int(_SPEED))
 
     def describe(self, row: DetectionRow) -> Described:
         m = self.config.m
@@ -410,12 +551,102 @@ class LoopHealthConfig:
             raise ValueError("constant_occupancy_readings must be in 2..65535")
 
 
+_INTENSITY: Final = int(Metric.INTENSITY)
+_OCCUPANCY: Final = int(Metric.OCCUPANCY)
+
+
+@kernel
+def _loop_keys(first: I64, metric: U8) -> U8:
+    """Per message: the table key, occupancy when the message has intensity and
+    occupancy, else ``NO_METRIC`` (no state)."""
+    n_msg = first.shape[0]
+    n = metric.shape[0]
+    key = np.empty(n_msg, np.uint8)
+    for j in range(n_msg):
+        end = first[j + 1] if j + 1 < n_msg else n
+        has_i = has_o = False
+        for i in range(first[j], end):
+            has_i = has_i or metric[i] == _INTENSITY
+            has_o = has_o or metric[i] == _OCCUPANCY
+        key[j] = _OCCUPANCY if has_i and has_o else NO_METRIC
+    return key
+
+
+@kernel
+def _loop_kernel(
+    j0: int,
+    first: I64,
+    sid: I32,
+    metric: U8,
+    value: F64,
+    ts_ns: I64,
+    base: I32,
+    mask: U8,
+    intermittent: bool,
+    intermittent_readings: int,
+    constant: bool,
+    constant_readings: int,
+    c_zr: U8,
+    c_occ: F32,
+    c_orun: NDArray[np.uint16],
+    c_act: U8,
+    oi: I64_2D,
+    of: F64_2D,
+) -> Step:
+    k = 0
+    n_msg = first.shape[0]
+    n = metric.shape[0]
+    for j in range(j0, n_msg):
+        if k + 2 > oi.shape[0]:
+            return j, k, False
+        row = first[j]
+        end = first[j + 1] if j + 1 < n_msg else n
+        i = o = np.nan
+        has_i = has_o = False
+        for q in range(row, end):
+            if metric[q] == _INTENSITY:
+                i, has_i = value[q], True
+            elif metric[q] == _OCCUPANCY:
+                o, has_o = value[q], True
+        if not (has_i and has_o):
+            continue
+        r = slot_row(base, mask, 0, sid[row])
+        if r < 0:
+            return j, k, True
+        inter = i == 0.0 and o > 0.0
+        zr = min(i64(c_zr[r]), 254) + 1 if inter else 0
+        o32 = np.float32(o)
+        same = o32 == c_occ[r]
+        orun = min(i64(c_orun[r]), 65_534) + 1 if same else 1
+        act = i64(c_act[r])
+        ia, ca = (act & 1) != 0, (act & 2) != 0
+        i_start = not ia and zr >= intermittent_readings and intermittent
+        i_end = ia and not inter
+        c_start = not ca and o > 0.0 and orun >= constant_readings and constant
+        c_end = ca and not same
+        c_zr[r] = zr
+        c_occ[r] = o32
+        c_orun[r] = orun
+        if i_start or i_end or c_start or c_end:
+            ia2 = (ia or i_start) and not i_end
+            ca2 = (ca or c_start) and not c_end
+            c_act[r] = (1 if ia2 else 0) | (2 if ca2 else 0)
+            ts = ts_ns[row]
+            if i_start or i_end:
+                put(oi, of, k, row, ts, 0, START if i_start else END, 0, o, float(zr), i)
+                k += 1
+            if c_start or c_end:
+                put(oi, of, k, row, ts, 1, START if c_start else END, 0, o, float(orun), i)
+                k += 1
+    return n_msg, k, False
+
+
 class LoopHealthDetector(DetectorBase):
     name = "loop_health"
 
     def __init__(self, config: LoopHealthConfig | None = None) -> None:
         cfg = LoopHealthConfig() if config is None else config
-        local, width = series_layout((Metric.INTENSITY, Metric.OCCUPANCY))
+        local = series_layout((Metric.INTENSITY, Metric.OCCUPANCY))
         table = SlotTable(
             {
                 "zero_run": Column(np.uint8, 0),
@@ -424,7 +655,7 @@ class LoopHealthDetector(DetectorBase):
                 "active": Column(np.uint8, 0),
             },
             local,
-            width,
+            per_metric=False,
         )
         super().__init__(
             cfg.enabled and (cfg.intermittent or cfg.constant_occupancy), {"loop": table}
@@ -434,52 +665,37 @@ class LoopHealthDetector(DetectorBase):
 
     def _update(self, plan: BatchPlan) -> Detections:
         t, cfg = self._table, self.config
-        inten, has_i = plan.message_values(Metric.INTENSITY)
-        occ, has_o = plan.message_values(Metric.OCCUPANCY)
-        msel = np.flatnonzero(has_i & has_o)
-        if msel.shape[0] == 0:
-            return Detections.empty()
-        first = plan.msg_first[msel]
-        sid, ts = plan.sid[first], plan.ts_ns[first]
-        rows_all = t.rows(sid, np.full(msel.shape[0], Metric.OCCUPANCY, np.uint8))
-        c_zr, c_occ, c_orun, c_act = (t.cols[k] for k in ("zero_run", "occ", "occ_run", "active"))
-        out = Collector()
-        for p in plan.message_rounds(msel):
-            rows = rows_all[p]
-            m = msel[p]
-            i, o = inten[m], occ[m]
-            inter = (i == 0.0) & (o > 0.0)
-            zr = np.where(inter, np.minimum(c_zr[rows], 254) + 1, 0).astype(np.uint8)
-            o32 = o.astype(np.float32)
-            same = o32 == c_occ[rows]
-            orun = np.where(same, np.minimum(c_orun[rows], 65_534) + 1, 1).astype(np.uint16)
-            act = c_act[rows]
-            ia, ca = (act & 1).astype(np.bool_), (act & 2).astype(np.bool_)
-            i_start = ~ia & (zr >= cfg.intermittent_readings) & cfg.intermittent
-            i_end = ia & ~inter
-            c_start = ~ca & (o > 0.0) & (orun >= cfg.constant_occupancy_readings)
-            c_start &= cfg.constant_occupancy
-            c_end = ca & ~same
-            c_zr[rows] = zr
-            c_occ[rows] = o32
-            c_orun[rows] = orun
-            if bool((i_start | i_end | c_start | c_end).any()):
-                ia2 = (ia | i_start) & ~i_end
-                ca2 = (ca | c_start) & ~c_end
-                c_act[rows] = ia2.astype(np.uint8) | (ca2.astype(np.uint8) << 1)
-                common: dict[str, Any] = {
-                    "row": first[p],
-                    "sid": sid[p],
-                    "metric": int(Metric.OCCUPANCY),
-                    "ts_ns": ts[p],
-                    "value": o,
-                    "ref": i,
-                }
-                out.add(i_start, **common, code=0, state=START, score=zr.astype(np.float64))
-                out.add(i_end, **common, code=0, state=END, score=zr.astype(np.float64))
-                out.add(c_start, **common, code=1, state=START, score=orun.astype(np.float64))
-                out.add(c_end, **common, code=1, state=END, score=orun.astype(np.float64))
-        return out.result()
+        first = plan.msg_first
+
+        def step(j: int, oi: I64_2D, of: F64_2D) -> Step:
+            c = t.cols
+            return _loop_kernel(
+                j,
+                first,
+                plan.sid,
+                plan.metric,
+                plan.value,
+                plan.ts_ns,
+                t.base,
+                t.mask,
+                bool(cfg.intermittent),
+                int(cfg.intermittent_readings),
+                bool(cfg.constant_occupancy),
+                int(cfg.constant_occupancy_readings),
+                c["zero_run"],
+                c["occ"],
+                c["occ_run"],
+                c["active"],
+                oi,
+                of,
+            )
+
+        def allocate(j: int) -> None:
+            key = _loop_keys(first[j:], plan.metric)
+            t.allocate(plan.sid[first[j:]], key, plan.n_series)
+
+        out = run_kernel(plan.n_messages, step, allocate)
+        return detections_of(plan, out, metric=int(Metric.OCCUPANCY))
 
     def describe(self, row: DetectionRow) -> Described:
         if row.code == 0:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -1082,7 +1084,43 @@ def test_batch_plan_splits_messages() -> None:
     ]
     plan = BatchPlan.of(to_batch(msgs))
     assert plan.msg_first.tolist() == [0, 2, 3, 4]
-    assert plan.msg_rank.tolist() == [0, 1, 0, 1]
+    assert plan.n_series == 2
+    assert plan.n_messages == 4
+
+
+def test_slot_table_moves_a_series_rows_when_it_reports_a_new_metric() -> None:
+    det = SpikeDetector(SpikeConfig(warmup_readings=1))
+    t = det.tables["spike"]
+    det.update(to_batch([(0, T0, {Metric.PM25: 10.0}), (1, T0, {Metric.PM10: 5.0})]))
+    assert t.n_rows == 2  # one row per reported metric, not per metric of the kind
+    before = t.row_of(0, Metric.PM25)
+    det.update(to_batch([(0, T0 + MIN, {Metric.NO2: 7.0, Metric.TEMPERATURE: 27.0})]))
+    rows = [t.row_of(0, m) for m in (Metric.PM25, Metric.NO2, Metric.TEMPERATURE)]
+    assert rows == [2, 3, 4]
+    assert before == 0
+    assert t.row_of(0, Metric.PM10) is None
+    assert t.row_of(1, Metric.PM10) == 1
+    # the moved state is intact: mean of one reading, count 1
+    assert float(t.cols["mean"][2]) == 10.0
+    assert int(t.cols["n"][2]) == 1
+    assert float(t.cols["mean"][3]) == 7.0
+    assert float(t.cols["mean"][4]) == 27.0
+
+
+def test_kernel_buffers_grow_past_their_first_size() -> None:
+    # 600 lanes each going faulty on one reading: many more detections than the
+    # first buffer (16 + rows / 256) holds
+    cfg = RangeConfig(start_readings=1)
+    msgs: list[Message] = [(s, T0, {Metric.AVERAGE_VEHICLE_SPEED: 250.0}) for s in range(600)]
+    found = RangeDetector(cfg).update(to_batch(msgs))
+    assert records(found) == ref_range(msgs, cfg)[0]
+    assert len(found) == 600
+
+
+def test_importing_the_detectors_does_not_import_numba() -> None:
+    code = "import sys, processors; assert 'numba' not in sys.modules, 'numba imported'"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
 
 
 # --------------------------------------------------------------------------- clean simulated day
