@@ -4,30 +4,42 @@ A city of ``--series`` series (56 % air sensors reporting pm25, pm10,
 temperature and relativeHumidity every 60 s, 44 % traffic lanes reporting
 intensity, occupancy and averageVehicleSpeed every 30 s) is replayed in
 micro-batches of ``--batch-s`` seconds of event time (60 s: ~49k readings for
-10k series, every lane twice per batch, so two rounds). Prints:
+10k series, every lane twice per batch). ``--air-metrics 8`` makes the air
+sensors report all eight air metrics (reference-station-like) instead of four.
+Prints:
 
 * the whole ``DetectorSuite.update`` in readings/s (best of ``--repeat`` passes
-  over ``--batches`` batches, after a warm-up hour), and the time per detector
-  and for the shared ``BatchPlan``;
+  over ``--batches`` batches, after a warm-up hour; restoring the warmed-up
+  state before each pass is not timed), the time per detector and for the
+  shared ``BatchPlan``, and the CPU other processes used meanwhile (the machine
+  may be shared);
 * a plain-Python reading-by-reading loop of the three per-(series, metric)
-  detectors (range, spike, flatline) on a subset, next to the vectorised
-  versions of the same three on the same rows;
-* state bytes per series, per detector.
+  detectors (range, spike, flatline) on a subset, next to the suite's versions
+  of the same three on the same rows (the plain baseline, same run);
+* state bytes per series, per detector (allocated: table capacity, including
+  growth slack and rows moved away from);
+* the kernels' compile time in a fresh process with an empty numba cache, and
+  their load time from the cache (``--no-jit-times`` skips both).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import os
 import platform
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
+from _load import CpuMeter, loadavg
 
-from processors._detect_core import BatchPlan
+from processors._detect_core import BatchPlan, DetectorBase
 from processors._detect_humid import HumidityDetector
 from processors._detect_sensor import (
     DEFAULT_MIN_STD,
@@ -41,18 +53,21 @@ from processors._detect_sensor import (
 from processors._detectors import DetectorSuite
 from urbanpulse._batch import ReadingBatch, SeriesKey, SeriesRegistry
 from urbanpulse._clock import ManualClock
-from urbanpulse._schema import Kind, Metric
+from urbanpulse._schema import KIND_METRICS, Kind, Metric
 
 S = 1_000_000_000
 T0 = 1_763_917_200 * S  # 00:00 WIB
-AIR = np.array([Metric.PM25, Metric.PM10, Metric.TEMPERATURE, Metric.RELATIVE_HUMIDITY], np.uint8)
+AIR4 = np.array([Metric.PM25, Metric.PM10, Metric.TEMPERATURE, Metric.RELATIVE_HUMIDITY], np.uint8)
+AIR8 = np.array(KIND_METRICS[Kind.AIR], np.uint8)
+T = TypeVar("T")
 TRAFFIC = np.array([Metric.INTENSITY, Metric.OCCUPANCY, Metric.AVERAGE_VEHICLE_SPEED], np.uint8)
 
 
 class City:
     """Columns of a synthetic city, batch by batch (values with noise, no faults)."""
 
-    def __init__(self, n_series: int, seed: int = 1) -> None:
+    def __init__(self, n_series: int, seed: int = 1, air_metrics: int = 4) -> None:
+        self.air = AIR4 if air_metrics == 4 else AIR8
         self.rng = np.random.default_rng(seed)
         self.n_air = round(n_series * 0.56)
         self.n_lanes = n_series - self.n_air
@@ -100,23 +115,29 @@ class City:
             ],
             axis=1,
         )
+        if self.air.shape[0] == 8:  # gases (NO2, O3, CO, SO2) between PM10 and T
+            gas = np.round(np.array([30.0, 40.0, 600.0, 10.0]) * rng.uniform(0.8, 1.2, (na, 4)), 1)
+            air_vals = np.concatenate([air_vals[:, :2], gas, air_vals[:, 2:]], axis=1)
+        w_air = self.air.shape[0]
         # messages in event-time order, rows of a message contiguous
         msg_sid = np.concatenate([a_sid, self.n_air + t_sid])
         msg_ts = np.concatenate([a_ts, t_ts])
         order = np.argsort(msg_ts, kind="stable")
         is_air = order < na
-        width = np.where(is_air, 4, 3)
+        width = np.where(is_air, w_air, 3)
         starts = np.cumsum(width) - width
         n = int(width.sum())
         sid = np.repeat(msg_sid[order], width).astype(np.int32)
         ts = np.repeat(msg_ts[order], width)
         within = np.arange(n) - np.repeat(starts, width)
         air_row = np.repeat(is_air, width)
-        metric = np.where(air_row, AIR[np.minimum(within, 3)], TRAFFIC[np.minimum(within, 2)])
+        metric = np.where(
+            air_row, self.air[np.minimum(within, w_air - 1)], TRAFFIC[np.minimum(within, 2)]
+        )
         src = np.repeat(order, width)
         value = np.where(
             air_row,
-            air_vals[np.minimum(src, na - 1), np.minimum(within, 3)],
+            air_vals[np.minimum(src, na - 1), np.minimum(within, w_air - 1)],
             tr_vals[np.maximum(src - na, 0), np.minimum(within, 2)],
         )
         return ReadingBatch(sid=sid, metric=metric.astype(np.uint8), ts_ns=ts, value=value)
@@ -160,13 +181,22 @@ def python_loop(sid: list[int], metric: list[int], value: list[float]) -> int:
     return events
 
 
-def best_of(fn: Callable[[], object], repeat: int) -> float:
+def best_of(run: Callable[[T], object], setup: Callable[[], T], repeat: int) -> float:
+    """Best wall time of ``run(setup())`` over ``repeat`` passes (setup not timed)."""
     best = math.inf
     for _ in range(repeat):
+        arg = setup()
         t = time.perf_counter()
-        fn()
+        run(arg)
         best = min(best, time.perf_counter() - t)
     return best
+
+
+def numba_version() -> str:
+    try:
+        return str(importlib.import_module("numba").__version__)
+    except ImportError:
+        return "not installed"
 
 
 def machine() -> str:
@@ -178,28 +208,61 @@ def machine() -> str:
     except OSError:
         model = "?"
     py, npv = platform.python_version(), np.__version__
-    return f"{model}, nproc {os.cpu_count()}, Python {py}, numpy {npv}"
+    return f"{model}, nproc {os.cpu_count()}, Python {py}, numpy {npv}, numba {numba_version()}"
+
+
+_JIT_PROBE = """
+import time
+t0 = time.perf_counter()
+import processors._detectors as d
+t1 = time.perf_counter()
+if not hasattr(d, "warm_up"):
+    raise SystemExit("no compiled kernels in this tree")
+print(f"{t1 - t0:.3f} {d.warm_up():.3f}")
+"""
+
+
+def jit_times() -> None:
+    """Kernel compile time with an empty cache, then load time from it (fresh processes)."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        for what in ("cold (compile, empty NUMBA_CACHE_DIR)", "cached (load from the cache)"):
+            done = subprocess.run(
+                [sys.executable, "-c", _JIT_PROBE],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if done.returncode:
+                print(f"jit: {done.stderr.strip().splitlines()[-1]}")
+                return
+            imp, warm = (float(x) for x in done.stdout.split())
+            print(f"jit {what}: import {imp:.2f} s, first use of every kernel {warm:.2f} s")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--series", type=int, default=10_000)
+    ap.add_argument("--air-metrics", type=int, choices=(4, 8), default=4)
     ap.add_argument("--batch-s", type=int, default=60)
     ap.add_argument("--batches", type=int, default=20)
     ap.add_argument("--warmup-batches", type=int, default=60)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--loop-rows", type=int, default=50_000)
+    ap.add_argument("--no-jit-times", action="store_true")
     args = ap.parse_args()
 
-    city = City(args.series)
+    city = City(args.series, air_metrics=args.air_metrics)
     span = args.batch_s * S
     warm = [city.batch(T0 + i * span, span) for i in range(args.warmup_batches)]
     timed = [city.batch(T0 + (args.warmup_batches + i) * span, span) for i in range(args.batches)]
     n_rows = sum(len(b) for b in timed)
-    print(f"machine: {machine()}")
+    print(f"machine: {machine()}; load average {loadavg()}")
     print(
-        f"{args.series} series ({city.n_air} air, {city.n_lanes} lanes), "
-        f"{len(timed)} batches of {args.batch_s} s, {n_rows / len(timed):,.0f} readings/batch"
+        f"{args.series} series ({city.n_air} air with {args.air_metrics} metrics, "
+        f"{city.n_lanes} lanes), {len(timed)} batches of {args.batch_s} s, "
+        f"{n_rows / len(timed):,.0f} readings/batch"
     )
 
     clock = ManualClock(T0)
@@ -214,54 +277,64 @@ def main() -> None:
         s.restore(snap)
         return s
 
-    def run_suite() -> None:
-        s = fresh()
+    def run_suite(s: DetectorSuite) -> None:
         for b in timed:
             s.update(b)
 
-    t_suite = best_of(run_suite, args.repeat)
+    meter = CpuMeter()
+    meter.start()
+    t_suite = best_of(run_suite, fresh, args.repeat)
+    other = meter.other_percent()
     per_batch_ms = t_suite / len(timed) * 1e3
-    print(f"suite update: {n_rows / t_suite / 1e6:.2f} M readings/s ({per_batch_ms:.1f} ms/batch)")
+    print(
+        f"suite update: {n_rows / t_suite / 1e6:.2f} M readings/s ({per_batch_ms:.2f} ms/batch; "
+        f"other processes used {other:.0f} % of a core meanwhile)"
+    )
 
     # per detector, with the shared plan
     plans = [BatchPlan.of(b) for b in timed]
-    t_plan = best_of(lambda: [BatchPlan.of(b) for b in timed], args.repeat)
+    t_plan = best_of(lambda _: [BatchPlan.of(b) for b in timed], lambda: None, args.repeat)
     print(f"  plan            {t_plan / len(timed) * 1e3:6.2f} ms/batch")
     for i, det in enumerate(fresh().detectors):
 
-        def run_one(i: int = i) -> None:
-            d = fresh().detectors[i]
+        def run_one(d: DetectorBase) -> None:
             for b, p in zip(timed, plans, strict=True):
                 if isinstance(d, HumidityDetector):
                     d.update_flags(b, p)
                 else:
                     d.update(b, p)
 
-        t_det = best_of(run_one, args.repeat)
+        def setup_one(i: int = i) -> DetectorBase:
+            return fresh().detectors[i]
+
+        t_det = best_of(run_one, setup_one, args.repeat)
         print(f"  {det.name:15s} {t_det / len(timed) * 1e3:6.2f} ms/batch")
 
-    # baseline: plain Python on a subset vs the same three detectors vectorised
+    # baseline: plain Python on a subset vs the same three detectors of the suite
     sub = ReadingBatch.concat(timed)
     k = min(args.loop_rows, len(sub))
     sub = sub.take(np.arange(k))
     cols = (sub.sid.tolist(), sub.metric.tolist(), sub.value.tolist())
-    t_loop = best_of(lambda: python_loop(*cols), 1)
+    t_loop = best_of(lambda c: python_loop(*c), lambda: cols, 1)
 
-    def three() -> None:
+    def three(_: None) -> None:
         p = BatchPlan.of(sub)
         for d in (RangeDetector(), SpikeDetector(), FlatlineDetector()):
             d.update(sub, p)
 
-    t_three = best_of(three, args.repeat)
+    t_three = best_of(three, lambda: None, args.repeat)
     print(
-        f"range+spike+flatline on {k:,} rows: Python loop {k / t_loop / 1e6:.3f} M/s, "
-        f"vectorised {k / t_three / 1e6:.2f} M/s (x{t_loop / t_three:.0f})"
+        f"range+spike+flatline on {k:,} rows (new state): Python loop {k / t_loop / 1e6:.3f} M/s, "
+        f"suite's detectors {k / t_three / 1e6:.2f} M/s (x{t_loop / t_three:.0f})"
     )
 
     s = fresh()
     print(f"state: {s.state_nbytes / args.series:.0f} bytes/series (allocated, incl. growth slack)")
     for det in s.detectors:
         print(f"  {det.name:15s} {det.state_nbytes / args.series:6.1f} bytes/series")
+
+    if not args.no_jit_times:
+        jit_times()
 
 
 if __name__ == "__main__":

@@ -164,19 +164,16 @@ def _sort_ranks(
 
 
 @kernel
-def _message_starts(sid: I32, metric: NDArray[np.uint8], ts_ns: I64) -> tuple[I64, int]:
-    """First row of each message, and 1 + the largest series id (0: no rows)."""
+def _message_starts(sid: I32, metric: NDArray[np.uint8], ts_ns: I64) -> I64:
+    """First row of each message."""
     n = sid.shape[0]
     first = np.empty(n, np.int64)
     k = 0
-    top = -1
     for i in range(n):
-        s = sid[i]
-        top = max(top, s)
-        if i == 0 or s != sid[i - 1] or ts_ns[i] != ts_ns[i - 1] or metric[i] <= metric[i - 1]:
+        if i == 0 or sid[i] != sid[i - 1] or ts_ns[i] != ts_ns[i - 1] or metric[i] <= metric[i - 1]:
             first[k] = i
             k += 1
-    return first[:k].copy(), top + 1
+    return first[:k].copy()
 
 
 @kernel
@@ -298,8 +295,6 @@ class BatchPlan:
     value: F64
     #: First row of each message.
     msg_first: I64
-    #: 1 + the largest series id in the batch (0 for an empty batch).
-    n_series: int
 
     @classmethod
     def of(cls, batch: ReadingBatch) -> BatchPlan:
@@ -307,8 +302,7 @@ class BatchPlan:
         metric = np.ascontiguousarray(batch.metric, np.uint8)
         ts = np.ascontiguousarray(batch.ts_ns, np.int64)
         value = np.ascontiguousarray(batch.value, np.float64)
-        msg_first, top = _message_starts(sid, metric, ts)
-        return cls(sid, metric, ts, value, msg_first, int(top))
+        return cls(sid, metric, ts, value, _message_starts(sid, metric, ts))
 
     def __len__(self) -> int:
         return int(self.sid.shape[0])
@@ -385,17 +379,18 @@ class SlotTable:
             rows[rows < 0] = -1
         return rows
 
-    def allocate(self, sid: I32, metric: NDArray[np.uint8], n_series: int) -> None:
+    def allocate(self, sid: I32, metric: NDArray[np.uint8]) -> None:
         """Allocate the missing rows of (sid, metric) pairs (uncovered metrics
-        are ignored); ``n_series`` > every sid."""
+        are ignored)."""
         rows = np.empty(sid.shape[0], np.int32)
         sid = np.ascontiguousarray(sid, np.int32)
         metric = np.ascontiguousarray(metric, np.uint8)
         if _table_rows(self.base, self.mask, self.local, sid, metric, rows):
             new = rows == -2
-            self._allocate(sid[new], metric[new], n_series)
+            self._allocate(sid[new], metric[new])
 
-    def _allocate(self, sid: I32, metric: NDArray[np.uint8], n_series: int) -> None:
+    def _allocate(self, sid: I32, metric: NDArray[np.uint8]) -> None:
+        n_series = int(sid.max()) + 1
         if n_series > self.base.shape[0]:
             size = max(n_series, self.base.shape[0] * 5 // 4)
             base = np.full(size, -1, np.int32)
@@ -607,7 +602,7 @@ def row_allocator(table: SlotTable, plan: BatchPlan) -> Callable[[int], None]:
     """``allocate`` for ``run_kernel`` over the rows of a batch."""
 
     def allocate(i: int) -> None:
-        table.allocate(plan.sid[i:], plan.metric[i:], plan.n_series)
+        table.allocate(plan.sid[i:], plan.metric[i:])
 
     return allocate
 

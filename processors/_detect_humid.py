@@ -241,7 +241,7 @@ class HumidityDetector(DetectorBase):
 
         def allocate(j: int) -> None:
             key = _humid_keys(first[j:], plan.metric, self._is_pm)
-            t.allocate(plan.sid[first[j:]], key, plan.n_series)
+            t.allocate(plan.sid[first[j:]], key)
 
         out = run_kernel(plan.n_messages, step, allocate)
         return detections_of(plan, out, metric=int(Metric.RELATIVE_HUMIDITY)), flags

@@ -818,7 +818,7 @@ class DeadSensorDetector(DetectorBase):
 
         def allocate(j: int) -> None:
             rows = first[j:]
-            t.allocate(plan.sid[rows], plan.metric[rows], plan.n_series)
+            t.allocate(plan.sid[rows], plan.metric[rows])
 
         return detections_of(plan, run_kernel(plan.n_messages, step, allocate), metric=-1)
 

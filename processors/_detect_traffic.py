@@ -692,7 +692,7 @@ class LoopHealthDetector(DetectorBase):
 
         def allocate(j: int) -> None:
             key = _loop_keys(first[j:], plan.metric)
-            t.allocate(plan.sid[first[j:]], key, plan.n_series)
+            t.allocate(plan.sid[first[j:]], key)
 
         out = run_kernel(plan.n_messages, step, allocate)
         return detections_of(plan, out, metric=int(Metric.OCCUPANCY))

@@ -1084,7 +1084,6 @@ def test_batch_plan_splits_messages() -> None:
     ]
     plan = BatchPlan.of(to_batch(msgs))
     assert plan.msg_first.tolist() == [0, 2, 3, 4]
-    assert plan.n_series == 2
     assert plan.n_messages == 4
 
 
