@@ -20,7 +20,8 @@ time is delayed by a hashed 0 to ``min(0.45 interval, interval - 2 jitter)``
 
 Order of effects: air: haze (additive, ramped), fog (RH up to ``rh_pct`` less a
 hashed 0-1.5 %: a saturated humidity sensor still wanders, it does not freeze;
-PM x factor on low-cost nodes), power (PM x factor), spike, stuck, out of range; traffic: incident or
+PM x factor on low-cost nodes; both ramp in and out over 20 min, as fog forms
+and lifts), power (PM x factor), spike, stuck, out of range; traffic: incident or
 its upstream queue (worst severity wins), spike, stuck. Dropout removes
 readings; clock skew rewrites timestamps.
 """
@@ -61,6 +62,8 @@ _F64 = NDArray[np.float64]
 _MS: Final = 1_000_000
 
 # Span codes, in the order their effects are applied.
+#: Fog forms and lifts over this long (RH and the PM over-read ramp linearly).
+_FOG_RAMP_NS: Final = 20 * 60 * 1_000_000_000
 HAZE, FOG, INCIDENT, SPIKE, STUCK, OUT_OF_RANGE, DROPOUT, SKEW, POWER = range(9)
 #: Share of an interval a power fault may delay a reading (less twice the jitter).
 _POWER_DELAY: Final = 0.45
@@ -245,9 +248,13 @@ class FaultPlan:
         if sel.any():
             r, s = rows[sel], spans[sel]
             wander = 1.5 * unit_uniform(derive(self._slot_key(stream[r], t_ns[r]), 73))
-            cols.relative_humidity[r] = np.maximum(cols.relative_humidity[r], sp.b[s] - wander)
-            cols.pm25[r] *= sp.a[s]
-            cols.pm10[r] *= sp.a[s]
+            edge = np.minimum(t_ns[r] - sp.lo[s], sp.hi[s] - t_ns[r]).astype(np.float64)
+            env = np.clip(edge / _FOG_RAMP_NS, 0.0, 1.0)
+            rh = cols.relative_humidity[r]
+            cols.relative_humidity[r] = np.maximum(rh, rh + (sp.b[s] - wander - rh) * env)
+            factor = 1.0 + (sp.a[s] - 1.0) * env
+            cols.pm25[r] *= factor
+            cols.pm10[r] *= factor
         sel = code == POWER
         if sel.any():
             r, s = rows[sel], spans[sel]

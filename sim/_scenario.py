@@ -290,6 +290,12 @@ _GAS_METRICS: Final = ("no2", "o3", "co", "so2")
 _TRAFFIC_METRICS: Final = ("intensity", "occupancy", "averageVehicleSpeed")
 
 
+#: Spike values (uniform range) of loop glitches on traffic metrics (speed
+#: spikes stay x3).
+_TRAFFIC_SPIKE: dict[str, tuple[float, float]] = {
+    "occupancy": (0.5, 0.9),
+    "intensity": (40.0, 60.0),
+}
 #: Spike factors for metrics whose upward spikes would be physically impossible
 #: (RH above 100 %, a 29 C reading x3 = 87 C): ingest refuses those as out of
 #: range before any detector sees them, so a spike on them goes down, or up by
@@ -324,6 +330,8 @@ def random_scenario(
         raise ConfigError(f"days must be positive, got {days}")
     r = rates or FaultRates()
     rng = np.random.default_rng([seed & ((1 << 64) - 1), 0x5CE7A])
+    # Its own stream, so that the other draws of a seed did not change with it.
+    spike_rng = np.random.default_rng([seed & ((1 << 64) - 1), 0x5B1CE])
     span_s = days * 86400.0
     first = np.flatnonzero(
         np.concatenate(
@@ -363,12 +371,18 @@ def random_scenario(
     for i, t in zip(*draw(everyone, r.spike), strict=True):
         metric = metric_for(i)
         factors = _SPIKE_FACTORS.get(metric, (0.2, 3.0, 4.0, 6.0)) if not traffic[i] else (3.0,)
+        factor = factors[int(rng.integers(len(factors)))]
+        # A loop glitch (chattering, crosstalk) reads a high occupancy and an
+        # impossible count; x3 of a night-time 0.05 occupancy or 2 vehicles is
+        # ordinary traffic, not a spike any detector could tell from noise.
+        value = _TRAFFIC_SPIKE.get(metric) if traffic[i] else None
         f = SpikeFault(
             sensor_id=sensors[i],
             metric=metric,
             lane=lane_for(i),
             start_s=float(t),
-            factor=factors[int(rng.integers(len(factors)))],
+            factor=factor,
+            value=None if value is None else round(float(spike_rng.uniform(*value)), 3),
         )
         drafts.append((int(i), float(t), float(t) + 60.0, f))
     for i, t in zip(*draw(everyone, r.stuck), strict=True):

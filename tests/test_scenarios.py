@@ -367,6 +367,10 @@ def test_fog_raises_humidity_over_90_and_pm_by_the_factor(injected: Any) -> None
             if not inside(t, lb):
                 continue
             checked += 1
+            if min(t * MS - lb.start_ns, lb.end_ns - t * MS) < 20 * 60 * 10**9:
+                # fog forming or lifting: RH and PM on their way
+                assert body["relativeHumidity"] >= ref[t]["relativeHumidity"] - 1e-9
+                continue
             # rh_pct 95 less a hashed wander of up to 1.5 %: saturated, not frozen
             assert 93.5 <= body["relativeHumidity"] <= 100.0
             rh_seen.add(body["relativeHumidity"])

@@ -13,9 +13,9 @@ same city without faults gives the false alarms per sensor-day on clean data.
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ingest._buffer import RawBatch
