@@ -524,6 +524,10 @@ class FlatlineRule:
     min_duration_s: float
     #: A run of zeros is never a flatline (e.g. no vehicles at night).
     ignore_zero: bool = False
+    #: The duration rule needs at least this many identical readings: two equal
+    #: readings on both sides of a two-hour gap, or two hourly PM readings that
+    #: agree to 0.1 ug/m3 by chance, are not a stuck sensor.
+    min_readings_by_time: int = 3
 
 
 #: Air sensors report every ~60 s, traffic lanes every ~30 s: 15 identical
@@ -532,8 +536,13 @@ class FlatlineRule:
 FLATLINE_DEFAULTS: Final[Mapping[Metric, FlatlineRule]] = MappingProxyType(
     {
         **{m: FlatlineRule(15, 1800.0) for m in KIND_METRICS[Kind.AIR]},
-        Metric.INTENSITY: FlatlineRule(20, 1200.0, ignore_zero=True),
-        Metric.AVERAGE_VEHICLE_SPEED: FlatlineRule(20, 1200.0, ignore_zero=True),
+        # Loops report every 30-60 s and small counts repeat by chance: the
+        # duration rule needs the full 20 readings too (it only matters across
+        # a gap in the data, e.g. 4, [2 h dropout], 4, 4).
+        Metric.INTENSITY: FlatlineRule(20, 1200.0, ignore_zero=True, min_readings_by_time=20),
+        Metric.AVERAGE_VEHICLE_SPEED: FlatlineRule(
+            20, 1200.0, ignore_zero=True, min_readings_by_time=20
+        ),
     }
 )
 
@@ -550,6 +559,11 @@ class FlatlineConfig:
                     f"flatline rule of {Metric(m).name}: min_readings must be in 2..65535 "
                     "and min_duration_s > 0"
                 )
+            if not 2 <= r.min_readings_by_time <= r.min_readings:
+                raise ValueError(
+                    f"flatline rule of {Metric(m).name}: min_readings_by_time must be in "
+                    "2..min_readings"
+                )
 
 
 @kernel
@@ -564,6 +578,7 @@ def _flatline_kernel(
     local: I64,
     n_min: I64,
     t_min: I64,
+    n_time: I64,
     zero_ok: NDArray[np.bool_],
     c_last: F32,
     c_run: NDArray[np.uint16],
@@ -591,7 +606,7 @@ def _flatline_kernel(
         start_s = i64(c_start[r]) if same else t_s
         act = c_act[r] != 0
         eligible = not (zero_ok[m] and v == 0.0)
-        stuck = eligible and (run >= n_min[m] or t_s - start_s >= t_min[m])
+        stuck = eligible and (run >= n_min[m] or (run >= n_time[m] and t_s - start_s >= t_min[m]))
         c_last[r] = x32
         c_run[r] = run
         c_start[r] = start_s
@@ -627,11 +642,13 @@ class FlatlineDetector(DetectorBase):
         self._table = table
         self._n = np.zeros(N_METRICS, np.int64)
         self._t = np.zeros(N_METRICS, np.int64)
+        self._n_time = np.zeros(N_METRICS, np.int64)
         self._zero_ok = np.zeros(N_METRICS, np.bool_)
         for m, r in cfg.rules.items():
             self._n[m] = r.min_readings
             # whole seconds; a run lasting >= ceil(T) s qualifies
             self._t[m] = int(np.ceil(r.min_duration_s))
+            self._n_time[m] = r.min_readings_by_time
             self._zero_ok[m] = r.ignore_zero
 
     def _update(self, plan: BatchPlan) -> Detections:
@@ -650,6 +667,7 @@ class FlatlineDetector(DetectorBase):
                 t.local,
                 self._n,
                 self._t,
+                self._n_time,
                 self._zero_ok,
                 c["last"],
                 c["run"],
