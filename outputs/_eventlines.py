@@ -1,4 +1,5 @@
-"""Line protocol for official indices (``aq_index``) and detector events (``events``).
+"""Line protocol for official indices (``aq_index``), traffic level of service
+(``traffic_los``) and detector events (``events``).
 
 Both are small next to raw readings (one row per sensor per evaluation, one
 line per event), so a plain loop over rows is fine here.
@@ -9,17 +10,21 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
+from numpy.typing import NDArray
+
 from outputs._lineprotocol import EncodedLines, escape_string_field, escape_tag
 from processors._indices import (
     AQI_CATEGORIES,
     AQI_POLLUTANTS,
     ISPU_CATEGORIES,
+    LOS_LETTERS,
     IndexRows,
 )
 from urbanpulse._batch import SeriesRegistry
 from urbanpulse._events import Event
 
-__all__ = ["encode_events", "encode_index_rows"]
+__all__ = ["encode_events", "encode_index_rows", "encode_los_rows"]
 
 
 def _tags(pairs: Sequence[tuple[str, str]]) -> str:
@@ -79,6 +84,40 @@ def encode_index_rows(
         present = [f for f in fields if f]
         if present:
             lines.append(f"aq_index{tags} {','.join(present)} {int(rows.ts_ns[i])}")
+    return EncodedLines("\n".join(lines).encode(), len(lines))
+
+
+def encode_los_rows(
+    *,
+    sid: NDArray[np.int64],
+    ts_ns: NDArray[np.int64],
+    los: NDArray[np.uint8],
+    smooth_kmh: NDArray[np.float64],
+    free_flow_kmh: NDArray[np.float64],
+    registry: SeriesRegistry,
+) -> EncodedLines:
+    """``traffic_los`` points, one per lane with a known class: tags city, district,
+    sensor_id, lane; fields ``los`` (A-F), ``los_class`` (0-5), ``speed_ratio``
+    (smoothed speed / free flow), ``smoothed_speed`` and ``free_flow_speed`` (km/h)."""
+    lines: list[str] = []
+    for i in range(sid.shape[0]):
+        c = int(los[i])
+        if c >= len(LOS_LETTERS) or not math.isfinite(free_flow_kmh[i]):
+            continue
+        key = registry.key(int(sid[i]))
+        tags = _tags(
+            [("city", key.city), ("district", key.district), ("sensor_id", key.sensor_id),
+             ("lane", str(key.lane))]
+        )  # fmt: skip
+        fields = [
+            f'los="{LOS_LETTERS[c]}"',
+            f"los_class={c}i",
+            _num("speed_ratio", float(smooth_kmh[i] / free_flow_kmh[i])),
+            _num("smoothed_speed", float(smooth_kmh[i])),
+            _num("free_flow_speed", float(free_flow_kmh[i])),
+        ]
+        present = [f for f in fields if f]
+        lines.append(f"traffic_los{tags} {','.join(present)} {int(ts_ns[i])}")
     return EncodedLines("\n".join(lines).encode(), len(lines))
 
 

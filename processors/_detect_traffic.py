@@ -315,6 +315,22 @@ class TrafficStateDetector(DetectorBase):
         self.config = cfg
         self._table = table
 
+    def levels(self, sid: NDArray[np.int32]) -> tuple[NDArray[np.uint8], F64, F64]:
+        """Current level of service (0 = A ... 5 = F, 255 = not known yet), smoothed
+        speed and free-flow speed (km/h, NaN while unknown) of lanes ``sid``
+        (no state change)."""
+        rows = self._table.find(sid, np.full(sid.shape[0], _SPEED, np.uint8))
+        has = rows >= 0
+        r = rows[has]
+        los = np.full(sid.shape[0], 255, np.uint8)
+        smooth = np.full(sid.shape[0], np.nan)
+        free = np.full(sid.shape[0], np.nan)
+        c = self._table.cols
+        los[has] = c["los"][r]
+        smooth[has] = c["smooth"][r]
+        free[has] = c["free_flow"][r]
+        return los, smooth, free
+
     def free_flow(self, sid: int) -> float:
         """Learned free-flow speed of a lane (NaN while unknown)."""
         row = self._table.row_of(sid, _SPEED)

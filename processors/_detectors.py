@@ -121,6 +121,11 @@ class DetectorSuite:
         self._humid = next((d for d in self.detectors if isinstance(d, HumidityDetector)), None)
 
     @property
+    def traffic_state(self) -> TrafficStateDetector | None:
+        """The enabled free-flow / congestion / level-of-service detector, if any."""
+        return next((d for d in self.detectors if isinstance(d, TrafficStateDetector)), None)
+
+    @property
     def names(self) -> list[str]:
         return [d.name for d in self.detectors]
 

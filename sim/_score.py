@@ -185,7 +185,7 @@ def _match(
     e_scope = np.array([e.sensor_id == "" for e in evs])[:, None]
     l_sensor = np.array([code("s:" + lb.sensor_id) for lb in labs])[None, :]
     l_district = np.array([code("d:" + lb.district) for lb in labs])[None, :]
-    ok = np.where(e_scope, e_district == l_district, e_sensor == l_sensor)
+    ok: NDArray[np.bool_] = np.where(e_scope, e_district == l_district, e_sensor == l_sensor)
     lo = np.array([lb.start_ns for lb in labs], dtype=np.int64) - tol_ns
     hi = np.array([lb.end_ns for lb in labs], dtype=np.int64) + tol_ns
     ok &= (ep.lo[ei][:, None] <= hi[None, :]) & (ep.hi[ei][:, None] >= lo[None, :])

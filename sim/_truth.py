@@ -158,6 +158,8 @@ def condition_labels(
         lanes: bool,
     ) -> None:
         for r, lo, hi in zip(row.tolist(), lo_ns.tolist(), hi_ns.tolist(), strict=True):
+            if lo >= hi:  # an index that turned bad at the very end of the period
+                continue
             s = int(streams[r])
             out.append(
                 Label(
@@ -228,14 +230,17 @@ def condition_labels(
         tcols = vm.traffic(stream, ts)
         if plan is not None:
             plan.apply_traffic(stream, ts, tcols)
-        noisy = ValueModel(fleet).traffic(stream, ts).average_vehicle_speed
+        noisy_cols = ValueModel(fleet).traffic(stream, ts)
         if plan is not None:
-            noisy_cols = ValueModel(fleet).traffic(stream, ts)
             plan.apply_traffic(stream, ts, noisy_cols)
-            noisy = noisy_cols.average_vehicle_speed
+        noisy = noisy_cols.average_vehicle_speed
         hour = local_hour(ts)
-        a_h, b_h = o.offpeak_hours
-        off = (hour >= a_h) | (hour < b_h) if a_h > b_h else (hour >= a_h) & (hour < b_h)
+        off_lo, off_hi = o.offpeak_hours
+        off = (
+            (hour >= off_lo) | (hour < off_hi)
+            if off_lo > off_hi
+            else (hour >= off_lo) & (hour < off_hi)
+        )
         shape = (lanes.shape[0], n_steps)
         free = np.nanquantile(
             np.where(off, noisy, np.nan).reshape(shape), o.free_flow_quantile, axis=1

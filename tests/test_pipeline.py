@@ -254,3 +254,37 @@ def test_implausible_readings_are_flagged_counted_and_kept_out_of_the_indices() 
     assert {e.sensor_id for e in update.events if e.sensor_id} == {"aq-hazy"}
     # the district's index is the hazy sensor's, not the pinned one's (AQI 500)
     assert update.districts.aqi.tolist() == pytest.approx(update.sensors.aqi.tolist())
+
+
+def test_traffic_los_rows_follow_the_learned_free_flow() -> None:
+    from processors._detect_traffic import TrafficStateConfig
+    from processors._detectors import DetectorConfig
+
+    # off-peak 16:00-16:12 WIB: the first (free-flowing) readings only
+    traffic = TrafficStateConfig(min_offpeak_samples=5, offpeak_hours=(16.0, 16.2))
+    opts = PipelineOptions(
+        windows=(WindowSpec(window_ms=60_000, grace_ms=0, idle_ms=10**9),),
+        detectors=DetectorConfig(traffic_state=traffic),
+    )
+    p = Pipeline(opts, writer=ListWriter(), clock=ManualClock(CLOCK_NS))
+    lane = "urbanpulse/bandung/coblong/traffic/tc-1"
+    t0 = T0_S - 3600  # 16:00 WIB
+    for k in range(20):  # free flow ~50 km/h
+        p.process(
+            _raw((lane, {"dateObserved": t0 + 30 * k, "laneId": 2, "averageVehicleSpeed": 50.0}))
+        )
+    ((body, n),) = p.los_lines()
+    assert n == 1
+    line = body.decode()
+    assert line.startswith(
+        'traffic_los,city=bandung,district=coblong,lane=2,sensor_id=tc-1 los="A",los_class=0i,'
+    )
+    assert line.endswith(f" {(t0 + 30 * 19) * 10**9}")
+    assert p.los_lines() == []  # nothing new since
+    for k in range(20, 200):  # jammed at 12 km/h: 24 % of free flow, class F
+        p.process(
+            _raw((lane, {"dateObserved": t0 + 30 * k, "laneId": 2, "averageVehicleSpeed": 12.0}))
+        )
+    ((body, _),) = p.los_lines()
+    assert 'los="F",los_class=5i' in body.decode()
+    assert p.stats.los_rows == 2

@@ -244,7 +244,7 @@ def test_tolerance_per_detector_and_fault() -> None:
 
 def test_only_episodes_reaching_into_the_scored_period_count() -> None:
     warm_up = [event("a", T0 - 100 * S), event("a", T0 - 50 * S, state="end")]
-    r = score([], warm_up + [event("b", T0 - 100 * S)])["flatline"]
+    r = score([], [*warm_up, event("b", T0 - 100 * S)])["flatline"]
     # a's episode ended before the period; b's (never ended) reaches into it
     assert (r.events, r.clean_alarms) == (1, 1)
 

@@ -28,7 +28,7 @@ from ingest._decode import DecodeOptions, NativeJsonDecoder
 from ingest._mqtt import MqttClient
 from ingest._shard import ShardFilter
 from ingest._topics import TopicPattern
-from outputs._eventlines import encode_events, encode_index_rows
+from outputs._eventlines import encode_events, encode_index_rows, encode_los_rows
 from outputs._influx import LineWriter
 from outputs._lineprotocol import TagCache, encode_aggregates, encode_readings
 from outputs._stage import OutputStage, StageOptions
@@ -41,7 +41,7 @@ from urbanpulse._batch import ReadingBatch, SeriesKey, SeriesRegistry
 from urbanpulse._clock import Clock, SystemClock
 from urbanpulse._errors import UrbanPulseError
 from urbanpulse._events import Event, EventBus, Severity
-from urbanpulse._schema import N_METRICS, Kind, ReadingFlag
+from urbanpulse._schema import N_METRICS, Kind, Metric, ReadingFlag
 from urbanpulse._spool import Record, Spool, SpoolOptions
 
 __all__ = ["Pipeline", "PipelineOptions", "PipelineStats", "ProcessResult"]
@@ -49,6 +49,7 @@ __all__ = ["Pipeline", "PipelineOptions", "PipelineStats", "ProcessResult"]
 log = logging.getLogger("urbanpulse.pipeline")
 
 _STATE_FILE = "checkpoint.npz"
+_NO_TS = np.iinfo(np.int64).min
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,6 +95,8 @@ class PipelineStats:
     replayed_records: int = 0
     events: dict[str, int] = field(default_factory=dict)
     index_rows: int = 0
+    #: ``traffic_los`` points written.
+    los_rows: int = 0
     spool_blocked_s: float = 0.0
     aggregates: dict[int, int] = field(default_factory=dict)
     points_skipped: int = 0
@@ -166,6 +169,8 @@ class Pipeline:
         for metric, (lo, hi) in ranges.items():
             self._range_lo[metric], self._range_hi[metric] = lo, hi
         self._max_ts_ns = -1
+        #: Newest speed reading time per lane since the last ``traffic_los`` rows.
+        self._lane_ts = np.full(0, _NO_TS, np.int64)
         #: The dead-sensor check runs on the watermark: newest event time - grace.
         self._grace_ns = min(s.grace_ns for s in options.windows)
         self._last_index_s = time.monotonic()
@@ -214,6 +219,40 @@ class Pipeline:
             return self.options.spool.directory / "checkpoint"
         return None
 
+    def _note_lanes(self, batch: ReadingBatch) -> None:
+        """Remember the newest speed reading time of each lane, for ``traffic_los``."""
+        speed = batch.metric == Metric.AVERAGE_VEHICLE_SPEED
+        if not speed.any():
+            return
+        sid = batch.sid[speed].astype(np.int64)
+        top = int(sid.max()) + 1
+        if top > self._lane_ts.shape[0]:
+            grown = np.full(max(top, 2 * self._lane_ts.shape[0]), _NO_TS, np.int64)
+            grown[: self._lane_ts.shape[0]] = self._lane_ts
+            self._lane_ts = grown
+        np.maximum.at(self._lane_ts, sid, batch.ts_ns[speed])
+
+    def los_lines(self) -> list[tuple[bytes, int]]:
+        """``traffic_los`` points of the lanes with speed readings since the last call
+        (each at its newest reading time, with its current class)."""
+        traffic = self.detectors.traffic_state if self.detectors is not None else None
+        touched = np.flatnonzero(self._lane_ts != _NO_TS)
+        if traffic is None or touched.shape[0] == 0:
+            return []
+        ts = self._lane_ts[touched].copy()
+        self._lane_ts[touched] = _NO_TS
+        los, smooth, free = traffic.levels(touched.astype(np.int32))
+        enc = encode_los_rows(
+            sid=touched.astype(np.int64),
+            ts_ns=ts,
+            los=los,
+            smooth_kmh=smooth,
+            free_flow_kmh=free,
+            registry=self.registry,
+        )
+        self.stats.los_rows += enc.points
+        return [(enc.data, enc.points)] if enc.points else []
+
     def _implausible(self, batch: ReadingBatch) -> NDArray[np.bool_]:
         """Rows outside their metric's plausible range (the range detector's table,
         ``detectors.sensor_fault.ranges``): a pinned or broken sensor must not make
@@ -252,6 +291,7 @@ class Pipeline:
         else:
             self.indices.observe(batch)
         if self.detectors is not None and len(batch):
+            self._note_lanes(batch)
             det = self.detectors.update(batch)
             if det.flags.any():
                 batch = ReadingBatch(
@@ -527,7 +567,8 @@ class Pipeline:
         return [(enc.data, enc.points)]
 
     async def evaluate_indices(self) -> None:
-        """ISPU / US AQI of the sensors and districts observed since the last time."""
+        """ISPU / US AQI of the sensors and districts observed since the last time, and
+        the level of service of the lanes seen since then (``traffic_los``)."""
         self._last_index_s = time.monotonic()
         upd = self.indices.evaluate()
         lines = self.publish_events(upd.events)
@@ -541,6 +582,7 @@ class Pipeline:
                 )
                 lines.append((enc.data, enc.points))
                 self.stats.index_rows += len(rows)
+        lines.extend(self.los_lines())
         if lines:
             await self.stage.submit_record(lines)
 
@@ -667,6 +709,7 @@ class Pipeline:
             "events": dict(s.events),
             "cardinality_refused": dict(self.decoder.cardinality_refused),
             "index_rows": s.index_rows,
+            "los_rows": s.los_rows,
         }
         if self.spool is not None:
             status = self.spool.status()
