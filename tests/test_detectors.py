@@ -645,7 +645,14 @@ def message_streams(draw: st.DrawFn) -> tuple[list[Message], list[int]]:
     n = draw(st.integers(1, 80))
     msgs = random_stream(draw(st.integers(0, 2**32 - 1)), n)
     cuts = draw(st.lists(st.integers(0, n), max_size=6))
-    return msgs, cuts
+    # a micro-batch never splits a message: no cut between two entries that form
+    # one message (same sensor and time, increasing metrics; see messages_of)
+    return msgs, [c for c in cuts if not 0 < c < n or not merges(msgs[c - 1], msgs[c])]
+
+
+def merges(a: Message, b: Message) -> bool:
+    """Whether ``b`` continues ``a``'s message when they are adjacent in a batch."""
+    return a[0] == b[0] and a[1] == b[1] and min(b[2]) > max(a[2])
 
 
 HYP = settings(max_examples=60, deadline=None)
