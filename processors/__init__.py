@@ -1,7 +1,7 @@
 """Stream processors over columnar ``ReadingBatch`` micro-batches."""
 
 from processors._dedup import DuplicateFilter, reading_keys
-from processors._detect_core import BatchPlan, Detections, DetectorBase, stream_ranks
+from processors._detect_core import BatchPlan, Detections, DetectorBase
 from processors._detect_humid import HumidityConfig, HumidityDetector
 from processors._detect_sensor import (
     DEFAULT_MIN_STD,
@@ -27,7 +27,13 @@ from processors._detect_traffic import (
     TrafficStateDetector,
     los_class,
 )
-from processors._detectors import DetectionResult, DetectorConfig, DetectorSuite, build_detectors
+from processors._detectors import (
+    DetectionResult,
+    DetectorConfig,
+    DetectorSuite,
+    build_detectors,
+    warm_up,
+)
 from processors._indices import (
     AQI_CATEGORIES,
     AQI_POLLUTANTS,
@@ -144,7 +150,7 @@ __all__ = [
     "ppb_to_ugm3",
     "reading_keys",
     "series_metric",
-    "stream_ranks",
     "ugm3_to_ppb",
     "ugm3_to_ppm",
+    "warm_up",
 ]

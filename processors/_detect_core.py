@@ -83,7 +83,6 @@ __all__ = [
     "run_kernel",
     "series_layout",
     "slot_row",
-    "stream_ranks",
 ]
 
 I64 = NDArray[np.int64]
@@ -105,60 +104,6 @@ CHANGE: Final = 2
 STATE_NAMES: Final = ("start", "end", "change")
 #: A metric code no table covers (``local[NO_METRIC] == -1``): "no row wanted".
 NO_METRIC: Final = 255
-
-#: Passes of "first occurrence" extraction before ranking the rest by sorting.
-_MAX_SCAN_PASSES: Final = 8
-
-
-# --------------------------------------------------------------------------- stream ranks
-
-
-def stream_ranks(key: I64) -> tuple[NDArray[np.int32], int]:
-    """For each row, how many earlier rows (in arrival order) share its key; and
-    1 + the largest rank (0 for no rows). ``key >= 0``. (A numpy utility; the
-    detectors walk rows in order and do not need it.)"""
-    n = int(key.shape[0])
-    rank = np.zeros(n, np.int32)
-    if n == 0:
-        return rank, 0
-    lo = int(key.min())
-    k = key - lo if lo else key
-    span = int(k.max()) + 1
-    if span > 4 * n + 65_536:
-        return _sort_ranks(k, np.arange(n, dtype=np.intp), rank, 0)
-    counts = np.bincount(k, minlength=span)
-    if int(counts.max()) <= 1:
-        return rank, 1
-    rem = np.flatnonzero(counts[k] > 1)
-    first = np.full(span, n, np.intp)
-    r = 0
-    while rem.shape[0]:
-        if r == _MAX_SCAN_PASSES:
-            return _sort_ranks(k, rem, rank, r)
-        r += 1
-        kr = k[rem]
-        first[kr] = n
-        np.minimum.at(first, kr, rem)
-        head = first[kr] == rem
-        rem = rem[~head]
-        rank[rem] = r
-    return rank, r
-
-
-def _sort_ranks(
-    k: I64, rem: IntP, rank: NDArray[np.int32], offset: int
-) -> tuple[NDArray[np.int32], int]:
-    kr = k[rem]
-    order = np.argsort(kr, kind="stable")
-    ks = kr[order]
-    new = np.empty(ks.shape[0], np.bool_)
-    new[0] = True
-    np.not_equal(ks[1:], ks[:-1], out=new[1:])
-    pos = np.arange(ks.shape[0], dtype=np.int64)
-    start = np.maximum.accumulate(np.where(new, pos, 0))
-    rank[rem[order]] = (pos - start + offset).astype(np.int32)
-    return rank, int(rank.max()) + 1
-
 
 # --------------------------------------------------------------------------- kernels
 

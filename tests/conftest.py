@@ -42,6 +42,16 @@ def _serve(make: Callable[[], _S]) -> Iterator[_S]:
         yield server
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _detector_kernels() -> None:
+    """Compile the numba detector kernels into their on-disk cache once, before any
+    test starts a pipeline subprocess (a cold compile takes ~10 s; a subprocess
+    then loads them in < 1 s)."""
+    from processors import warm_up
+
+    warm_up()
+
+
 @pytest.fixture
 def servers(tmp_path: Path) -> Iterator[tuple[MosquittoServer, VictoriaMetricsServer]]:
     """A private Mosquitto and VictoriaMetrics for a test that restarts or kills things."""

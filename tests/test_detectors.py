@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from ingest._decode import DecodeOptions, NativeJsonDecoder
 from ingest._topics import TopicPattern
-from processors._detect_core import END, START, BatchPlan, Detections, stream_ranks
+from processors._detect_core import END, START, BatchPlan, Detections
 from processors._detect_humid import HumidityConfig, HumidityDetector
 from processors._detect_sensor import (
     DeadSensorConfig,
@@ -1088,17 +1088,6 @@ def test_los_class_boundaries() -> None:
     ratios = np.array([0.81, 0.80, 0.68, 0.67, 0.51, 0.5, 0.41, 0.4, 0.31, 0.3, 0.0])
     bounds = TrafficStateConfig().los_bounds
     assert los_class(ratios, bounds).tolist() == [0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
-
-
-def test_stream_ranks_counts_earlier_rows_with_the_same_key() -> None:
-    key = np.array([5, 3, 5, 5, 3, 9, 5], np.int64)
-    rank, n = stream_ranks(key)
-    assert rank.tolist() == [0, 0, 1, 2, 1, 0, 3]
-    assert n == 4
-    many = np.repeat(np.array([1, 2], np.int64), 40)  # beyond the scan passes
-    rank, n = stream_ranks(many)
-    assert rank.tolist() == list(range(40)) * 2
-    assert n == 40
 
 
 def test_batch_plan_splits_messages() -> None:

@@ -34,7 +34,7 @@ from outputs._lineprotocol import TagCache, encode_aggregates, encode_readings
 from outputs._stage import OutputStage, StageOptions
 from processors._dedup import DuplicateFilter
 from processors._detect_sensor import PLAUSIBLE_RANGES
-from processors._detectors import DetectorConfig, DetectorSuite
+from processors._detectors import DetectorConfig, DetectorSuite, warm_up
 from processors._indices import IndexTracker
 from processors._windows import MultiWindows, WindowAggregates, WindowSpec
 from urbanpulse._batch import ReadingBatch, SeriesKey, SeriesRegistry
@@ -626,6 +626,11 @@ class Pipeline:
         mqtt_task: asyncio.Task[None] | None = None
         if self.mqtt is not None:
             mqtt_task = asyncio.create_task(self.mqtt.run(), name="mqtt")
+        if self.detectors is not None:
+            # compile the detector kernels (or load them from numba's cache) while
+            # the client connects, not on the first batch
+            seconds = await asyncio.to_thread(warm_up)
+            log.info("detector kernels ready", extra={"seconds": round(seconds, 2)})
         stop_wait = asyncio.ensure_future(self._stop.wait())
         try:
             while not self._stop.is_set():
