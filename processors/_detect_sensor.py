@@ -42,6 +42,7 @@ Event time is the reading's ``ts_ns``; all state is event-time driven.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -73,7 +74,7 @@ from processors._detect_core import (
     series_layout,
     slot_row,
 )
-from processors._jit import kernel
+from processors._jit import kernel, typed_kernel
 from urbanpulse._batch import ReadingBatch
 from urbanpulse._events import Severity
 from urbanpulse._schema import KIND_METRICS, N_METRICS, Kind, Metric
@@ -296,6 +297,23 @@ _MS: Final = 1_000_000
 _U32: Final = (1 << 32) - 1
 
 
+#: A reading of 0 scores as if it were this share of the mean (log-ratio score).
+_RATIO_FLOOR: Final = 1e-3
+
+
+@typed_kernel("float64(float64, float64, float64, boolean)")
+def _spike_z(x: float, mu: float, sd: float, ratio_down: bool) -> float:
+    """Robust score of ``x`` against mean ``mu`` and sd ``sd``: (x - mu) / sd, but
+    for a metric with multiplicative noise (``ratio_down``) a reading BELOW a
+    positive mean scores by its log-ratio in units of the coefficient of
+    variation, ``log(x / mu) / (sd / mu)``: a log-normal signal's lower tail is
+    compressed in linear units, so PM at 20 % of its mean with 15 % noise is
+    -10.7 on this scale but only -5.3 linearly."""
+    if ratio_down and x < mu and mu > 0.0:
+        return math.log(max(x, mu * _RATIO_FLOOR) / mu) * mu / sd
+    return (x - mu) / sd
+
+
 @kernel
 def _spike_kernel(
     i0: int,
@@ -308,6 +326,7 @@ def _spike_kernel(
     local: I64,
     min_var: F64,
     up: NDArray[np.bool_],
+    ratio_down: NDArray[np.bool_],
     warmup: int,
     thr: float,
     normal_z: float,
@@ -340,7 +359,7 @@ def _spike_kernel(
         var = f64(c_var[r])
         n = i64(c_n[r])
         sd = np.sqrt(np_max(var, min_var[m]))
-        z = (x - mu) / sd
+        z = _spike_z(x, mu, sd, ratio_down[m])
         warm = n >= warmup
         dz = z if up[m] else abs(z)
         extreme = warm and dz > thr
@@ -368,7 +387,8 @@ def _spike_kernel(
             now_ms = now // _MS
             back = (now_ms - i64(c_pms[r])) & _U32
             pv = f64(c_pv[r])
-            put(oi, of, k, i, (now_ms - back) * _MS, 0, START, run, pv, (pv - mu) / sd, mu)
+            score = _spike_z(pv, mu, sd, ratio_down[m])
+            put(oi, of, k, i, (now_ms - back) * _MS, 0, START, run, pv, score, mu)
             put(oi, of, k + 1, i, now, 0, END, 0, x, z, mu)
             k += 2
     return sid.shape[0], k, False
@@ -391,6 +411,16 @@ class SpikeConfig:
     #: Metrics where only upward spikes count (traffic counts and occupancy
     #: legitimately fall to 0 when no vehicle passes).
     upward_only: tuple[Metric, ...] = (Metric.INTENSITY, Metric.OCCUPANCY)
+    #: Metrics with multiplicative (log-normal) noise: readings below the mean
+    #: score by their log-ratio in units of the coefficient of variation (see
+    #: ``_spike_z``). Concentrations, except O3 (near 0 at night, additive).
+    ratio_down: tuple[Metric, ...] = (
+        Metric.PM25,
+        Metric.PM10,
+        Metric.NO2,
+        Metric.CO,
+        Metric.SO2,
+    )
     #: Longest run of extreme readings that is still a spike (1..254).
     max_spike_readings: int = 2
     #: After warm-up, updates use the reading clipped to mean +- winsor_z sd.
@@ -444,6 +474,8 @@ class SpikeDetector(DetectorBase):
         self._min_var = min_std * min_std
         self._up = np.zeros(N_METRICS, np.bool_)
         self._up[list(cfg.upward_only)] = True
+        self._ratio = np.zeros(N_METRICS, np.bool_)
+        self._ratio[list(cfg.ratio_down)] = True
 
     def score(self, batch: ReadingBatch) -> F64:
         """z-score of each row against the CURRENT baseline (no state change);
@@ -457,7 +489,12 @@ class SpikeDetector(DetectorBase):
         idx, rows = idx[warm], rows[warm]
         mu = t.cols["mean"][rows].astype(np.float64)
         var = np.maximum(t.cols["var"][rows].astype(np.float64), self._min_var[batch.metric[idx]])
-        out[idx] = (batch.value[idx] - mu) / np.sqrt(var)
+        sd = np.sqrt(var)
+        x = batch.value[idx]
+        ratio = self._ratio[batch.metric[idx]] & (x < mu) & (mu > 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            log_z = np.log(np.maximum(x, mu * _RATIO_FLOOR) / mu) * mu / sd
+        out[idx] = np.where(ratio, log_z, (x - mu) / sd)
         return out
 
     def _update(self, plan: BatchPlan) -> Detections:
@@ -476,6 +513,7 @@ class SpikeDetector(DetectorBase):
                 t.local,
                 self._min_var,
                 self._up,
+                self._ratio,
                 int(cfg.warmup_readings),
                 float(cfg.threshold_z),
                 float(cfg.normal_z),

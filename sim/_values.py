@@ -38,7 +38,8 @@ Weather and space (``dynamics=True``, the default), also pure functions of
   PM2.5 x exp(0.2 field); traffic demand x (1 + 0.05 field).
 * Rain: per hour of the city a seeded coin (probability 3 % at night up to 25 %
   around 15:30 WIB, convective afternoon rain) with an intensity 0.3-1, over a
-  patchy footprint (a plane wave of ~15 km per rain hour). While it rains and
+  patchy footprint (a plane wave of ~15 km per rain hour), building up over
+  the first half hour of a rain hour. While it rains and
   for a few hours after (e-folding 3 h for PM, 1.5 h for RH/T): PM is washed
   out (x (1 - 0.55 w)), RH rises towards 96 % (+0.7 w (96 - RH)), the air cools
   towards 24 C (-0.5 w (T - 24)) and traffic slows (x (1 - 0.12 r)).
@@ -289,7 +290,10 @@ class ValueModel:
                 0.0,
                 1.0,
             )
-            r = intensity[j] * patch
+            # a shower builds up over its first half hour (no step at the hour)
+            into_h = (ts_ns[row] - slots[j] * _HOUR_NS).astype(np.float64) / _HOUR_NS
+            onset = np.where(k == 0, np.clip(into_h / 0.5, 0.0, 1.0), 1.0)
+            r = intensity[j] * patch * onset
             since_h = np.maximum(
                 (ts_ns[row] - (slots[j] + 1) * _HOUR_NS).astype(np.float64) / _HOUR_NS, 0.0
             )

@@ -254,7 +254,14 @@ def ref_spike(msgs: Sequence[Message], cfg: SpikeConfig) -> tuple[list[Record], 
             continue
         mu, var, n, run, pv, pms = state.setdefault((s, m), [0.0, 0.0, 0, 0, math.nan, 0])
         sd = math.sqrt(max(var, cfg.min_std.get(Metric(m), 0.0) ** 2))
-        z = (x - mu) / sd
+        ratio = Metric(m) in cfg.ratio_down
+
+        def score(v: float, mu: float = mu, sd: float = sd, ratio: bool = ratio) -> float:
+            if ratio and v < mu and mu > 0.0:
+                return math.log(max(v, mu * 1e-3) / mu) * mu / sd
+            return (v - mu) / sd
+
+        z = score(x)
         warm = n >= cfg.warmup_readings
         dz = z if Metric(m) in cfg.upward_only else abs(z)
         extreme = warm and dz > cfg.threshold_z
@@ -269,7 +276,7 @@ def ref_spike(msgs: Sequence[Message], cfg: SpikeConfig) -> tuple[list[Record], 
         if not going and 1 <= run <= cfg.max_spike_readings:
             now_ms = t // 1_000_000
             spike_ms = now_ms - ((now_ms - pms) & 0xFFFFFFFF)
-            out.append(rec(row, s, m, START, spike_ms * 1_000_000, pv, (pv - mu) / sd, mu, run))
+            out.append(rec(row, s, m, START, spike_ms * 1_000_000, pv, score(pv), mu, run))
             out.append(rec(row, s, m, END, t, x, z, mu))
         run = min(run, 254) + 1 if going else 0
         state[(s, m)] = [new_mu, new_var, min(n, 254) + 1, run, pv, pms]
@@ -1004,6 +1011,31 @@ def test_spike_baseline_is_winsorised() -> None:
     after = float(det.tables["spike"].cols["mean"][row])
     # moved by at most alpha * winsor_z sd, not by alpha * 4970
     assert 0 < after - before <= 0.05 * 3.0 * sd + 1e-4
+
+
+@pytest.mark.parametrize("ratio", [True, False])
+def test_spike_downward_on_a_log_normal_signal(ratio: bool) -> None:
+    # PM with 15 % multiplicative noise; one reading at 20 % of the level
+    rng = np.random.default_rng(3)
+    level = 40.0 * np.exp(0.15 * np.clip(rng.standard_normal(200), -3.0, 3.0))
+    level[150] = 40.0 * 0.2
+    msgs: list[Message] = [
+        (0, T0 + k * MIN, {Metric.PM25: round(float(v), 1)}) for k, v in enumerate(level)
+    ]
+    cfg = SpikeConfig(ratio_down=(Metric.PM25,) if ratio else ())
+    det = SpikeDetector(cfg)
+    found = det.update(to_batch(msgs))
+    if ratio:
+        assert found.state.tolist() == [START, END]
+        assert found.ts_ns.tolist()[0] == T0 + 150 * MIN
+        assert found.score.tolist()[0] < -8.0  # log(0.2) / ~0.15
+    else:
+        assert len(found) == 0  # linearly only ~ -5 sd
+    # the natural lower tail (down to exp(-0.45) = 64 %) never scores past -6
+    z = SpikeDetector(cfg)
+    z.update(to_batch(msgs[:100]))
+    low = [(0, T0 + 100 * MIN, {Metric.PM25: 40.0 * 0.64})]
+    assert float(z.score(to_batch(low))[0]) > -6.0
 
 
 def test_spike_level_shift_is_not_a_spike() -> None:
