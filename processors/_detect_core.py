@@ -399,7 +399,7 @@ class SlotTable:
         return sum(int(a.nbytes) for a in arrays)
 
     def snapshot(self, prefix: str) -> Snapshot:
-        snap: Snapshot = {f"{prefix}base": self.base.copy()}
+        snap: Snapshot = {f"{prefix}base": self.base.copy(), f"{prefix}local": self.local.copy()}
         if self.per_metric:
             snap[f"{prefix}mask"] = self.mask.copy()
         snap[f"{prefix}n_rows"] = np.array(self.n_rows, np.int64)
@@ -407,7 +407,29 @@ class SlotTable:
             snap[f"{prefix}col.{name}"] = col[: self.n_rows].copy()
         return snap
 
+    def misfit(self, snap: Mapping[str, NDArray[Any]], prefix: str) -> str | None:
+        """Why ``snap`` cannot be restored into this table (another version's or
+        config's layout, a missing or reshaped column), or None when it can."""
+        local = snap.get(f"{prefix}local")
+        if local is None or not np.array_equal(local, self.local):
+            return f"{prefix}: metric layout differs"
+        needed = [f"{prefix}base", f"{prefix}n_rows"] + (
+            [f"{prefix}mask"] if self.per_metric else []
+        )
+        missing = [k for k in needed if k not in snap]
+        if missing:
+            return f"{prefix}: missing {missing[0]}"
+        n = int(snap[f"{prefix}n_rows"])
+        for name, c in self.spec.items():
+            col = snap.get(f"{prefix}col.{name}")
+            if col is None or col.shape != (n, *c.shape):
+                return f"{prefix}: column {name} missing or reshaped"
+        return None
+
     def restore(self, snap: Mapping[str, NDArray[Any]], prefix: str) -> None:
+        reason = self.misfit(snap, prefix)
+        if reason is not None:
+            raise ValueError(f"cannot restore detector state: {reason}")
         self.base = np.array(snap[f"{prefix}base"], dtype=np.int32)
         if self.per_metric:
             self.mask = np.array(snap[f"{prefix}mask"], dtype=np.uint8)
@@ -674,7 +696,19 @@ class DetectorBase(abc.ABC):
             snap.update(table.snapshot(f"{tname}."))
         return snap
 
+    def misfit(self, snap: Mapping[str, NDArray[Any]]) -> str | None:
+        """Why ``snap`` does not fit this detector's tables, or None."""
+        for tname, table in self.tables.items():
+            reason = table.misfit(snap, f"{tname}.")
+            if reason is not None:
+                return f"{self.name}.{reason}"
+        return None
+
     def restore(self, snap: Mapping[str, NDArray[Any]]) -> None:
-        """Replace the state with a snapshot taken from a detector of the same config."""
+        """Replace the state with a snapshot taken from a detector of the same config
+        (ValueError, state unchanged, when it does not fit: see ``misfit``)."""
+        reason = self.misfit(snap)
+        if reason is not None:
+            raise ValueError(f"cannot restore detector state: {reason}")
         for tname, table in self.tables.items():
             table.restore(snap, f"{tname}.")

@@ -206,10 +206,20 @@ class DetectorSuite:
         return {f"{d.name}.{k}": v for d in self.detectors for k, v in d.snapshot().items()}
 
     def restore(self, snap: Mapping[str, NDArray[Any]]) -> None:
-        """Restore a snapshot of a suite with the same config."""
+        """Restore a snapshot of a suite with the same config and version; raises
+        ValueError and changes nothing when any detector's state does not fit
+        (another version's layout, another config's metrics, a detector that was
+        not enabled then)."""
+        parts = []
         for d in self.detectors:
             prefix = f"{d.name}."
-            d.restore({k[len(prefix) :]: v for k, v in snap.items() if k.startswith(prefix)})
+            part = {k[len(prefix) :]: v for k, v in snap.items() if k.startswith(prefix)}
+            reason = d.misfit(part)
+            if reason is not None:
+                raise ValueError(f"cannot restore detector state: {reason}")
+            parts.append(part)
+        for d, part in zip(self.detectors, parts, strict=True):
+            d.restore(part)
 
 
 def warm_up() -> float:

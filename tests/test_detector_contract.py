@@ -97,6 +97,42 @@ def test_restore_replaces_state(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_a_snapshot_that_does_not_fit_is_refused_and_changes_nothing(name: str) -> None:
+    a = make(name)
+    a.update(to_batch(STREAM[:HALF]))
+    before = state(a)
+    good = a.snapshot()
+    table = next(k.rsplit(".", 1)[0] for k in good if k.endswith(".local"))
+    column = next(k for k in good if ".col." in k)
+    old_version = {k: v for k, v in good.items() if k != column}  # a column it did not have
+    other_layout = {**good, f"{table}.local": good[f"{table}.local"][::-1].copy()}
+    for bad in (old_version, other_layout):
+        assert a.misfit(bad) is not None
+        with pytest.raises(ValueError, match="cannot restore detector state"):
+            make(name).restore(bad)
+        with pytest.raises(ValueError, match="cannot restore detector state"):
+            a.restore(bad)
+        assert same_state(state(a), before)
+    assert a.misfit(good) is None
+
+
+def test_suite_refuses_a_snapshot_of_another_config_atomically() -> None:
+    suite = DetectorSuite(FAST, registry_for(), ManualClock(T0))
+    suite.update(to_batch(STREAM[:HALF]))
+    snap = suite.snapshot()
+    fewer = replace(FAST, flatline=replace(FAST.flatline, enabled=False))
+    small = DetectorSuite(fewer, registry_for(), ManualClock(T0))
+    small.update(to_batch(STREAM[:HALF]))
+    # the bigger suite needs flatline state the smaller one's snapshot lacks
+    fresh = DetectorSuite(FAST, registry_for(), ManualClock(T0))
+    untouched = repr({k: v.tolist() for k, v in fresh.snapshot().items()})
+    with pytest.raises(ValueError, match="flatline"):
+        fresh.restore(small.snapshot())
+    assert repr({k: v.tolist() for k, v in fresh.snapshot().items()}) == untouched
+    fresh.restore(snap)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_determinism(name: str) -> None:
     a, b = make(name), make(name)
     cuts = [100, 700, 1500]

@@ -15,7 +15,7 @@ from processors._windows import WindowSpec
 from urbanpulse._clock import ManualClock
 from urbanpulse._errors import OutputError, RetryableOutputError
 from urbanpulse._pipeline import Pipeline, PipelineOptions
-from urbanpulse._schema import ReadingFlag
+from urbanpulse._schema import Metric, ReadingFlag
 
 T0_S = 1_763_892_000  # 2025-11-23T10:00:00Z, a whole minute
 CLOCK_NS = (T0_S + 3600) * 10**9
@@ -133,6 +133,39 @@ def test_restore_ignores_a_checkpoint_of_other_window_settings(tmp_path: Path) -
         clock=ManualClock(CLOCK_NS),
     )
     assert other.windows.open_windows == 0
+
+
+def test_restore_starts_detectors_fresh_from_a_checkpoint_that_does_not_fit(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from processors._detect_sensor import SpikeConfig
+    from processors._detectors import DetectorConfig
+
+    first = _pipeline(tmp_path)
+    for k in range(40):
+        first.process(_raw((AIR, {"dateObserved": T0_S - 3600 + 60 * k, "pm25": 10.0 + k % 3})))
+    first.checkpoint()
+    assert first.detectors is not None
+    assert first.detectors.state_nbytes > 0
+    # another detector config (spike scores PM2.5 only): the metric layout differs
+    only_pm = DetectorConfig(spike=SpikeConfig(metrics=(Metric.PM25,)))
+    opts = PipelineOptions(
+        windows=(WindowSpec(window_ms=60_000, grace_ms=0, idle_ms=10**9),),
+        state_dir=tmp_path,
+        detectors=only_pm,
+    )
+    with caplog.at_level("WARNING", logger="urbanpulse.pipeline"):
+        other = Pipeline(opts, writer=ListWriter(), clock=ManualClock(CLOCK_NS))
+    assert "detectors start fresh" in caplog.text
+    assert other.detectors is not None
+    assert other.detectors.state_nbytes == 0
+    # the rest of the checkpoint was restored
+    assert len(other.registry) == 1
+    assert other.windows.open_windows > 0
+    # the same config restores the detectors
+    again = _pipeline(tmp_path)
+    assert again.detectors is not None
+    assert again.detectors.state_nbytes > 0
 
 
 # -- output stage ---------------------------------------------------------------------------

@@ -456,7 +456,14 @@ class Pipeline:
             self.indices = IndexTracker.restore(indices, self.registry, clock=self.clock)
         detectors = {k[len("x.") :]: v for k, v in arrays.items() if k.startswith("x.")}
         if detectors and self.detectors is not None:
-            self.detectors.restore(detectors)
+            try:
+                self.detectors.restore(detectors)
+            except ValueError as exc:
+                # another version or detector config: baselines are re-learned
+                log.warning(
+                    "detector state in the checkpoint does not fit; detectors start fresh",
+                    extra={"reason": str(exc)},
+                )
         if "max_ts_ns" in arrays:
             self._max_ts_ns = int(arrays["max_ts_ns"][0])
         restored = MultiWindows.restore(windows) if windows else None
