@@ -185,14 +185,6 @@ async def run(args: argparse.Namespace, queue_dir: str) -> tuple[list[int], floa
 _PIPE_KEYS = ("events", "dead_letters", "overflow", "batches", "messages_ok")
 
 
-class _NullWriter:
-    def write(self, lines: bytes) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 async def run_e2e(args: argparse.Namespace, work: str) -> tuple[list[int], dict[str, Any]]:
     import sys
     from pathlib import Path
@@ -207,6 +199,7 @@ async def run_e2e(args: argparse.Namespace, work: str) -> tuple[list[int], dict[
     )
 
     from ingest._mqtt import MqttClient, MqttOptions
+    from urbanpulse._app import NullWriter
     from urbanpulse._pipeline import Pipeline, PipelineOptions
 
     latencies: list[int] = []
@@ -239,7 +232,7 @@ async def run_e2e(args: argparse.Namespace, work: str) -> tuple[list[int], dict[
         queue=QueueConfig(directory=os.path.join(work, "q")),
         tick_s=0.05,
     )
-    pipeline = Pipeline(PipelineOptions(subscribe_qos=0), writer=_NullWriter())
+    pipeline = Pipeline(PipelineOptions(subscribe_qos=0), writer=NullWriter())
     client = MqttClient(MqttOptions(port=mosq.port), subscriptions=pipeline.subscription)
     pipeline.attach_mqtt(client)
     disp = AlertDispatcher(cfg, build_receivers(cfg))

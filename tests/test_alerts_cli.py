@@ -11,19 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from alerts import AlertDispatcher, AlertsConfig, QueueConfig
+from urbanpulse._app import NullWriter
 from urbanpulse._events import Event, Severity
 from urbanpulse._pipeline import Pipeline, PipelineOptions
 from web import WebOptions, WebServer
 
 T0_NS = 1_763_892_000 * 10**9
-
-
-class NullWriter:
-    def write(self, lines: bytes) -> None:
-        del lines
-
-    def close(self) -> None:
-        return None
 
 
 def _event(sensor: str, district: str) -> Event:

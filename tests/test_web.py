@@ -12,6 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sim import SimOptions, Simulator, bundled_cities
+from urbanpulse._app import NullWriter
 from urbanpulse._clock import ManualClock
 from urbanpulse._errors import ConfigError
 from urbanpulse._events import Event, Severity
@@ -28,14 +29,6 @@ from web import (
 T0_NS = 1_763_892_000 * 10**9
 CITY = bundled_cities()["sindangraja"]
 TOKEN = "s3cret-token-0123456789"
-
-
-class NullWriter:
-    def write(self, lines: bytes) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def _setup(**web: Any) -> tuple[Pipeline, WebServer, ManualClock, Simulator]:

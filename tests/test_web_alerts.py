@@ -10,20 +10,13 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from alerts import AlertDispatcher, AlertsConfig, QueueConfig
+from urbanpulse._app import NullWriter
 from urbanpulse._clock import ManualClock
 from urbanpulse._events import Event, Severity
 from urbanpulse._pipeline import Pipeline, PipelineOptions
 from web import WebOptions, WebServer
 
 T0_NS = 1_763_892_000 * 10**9
-
-
-class NullWriter:
-    def write(self, lines: bytes) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def _event(state: str, sensor: str) -> Event:

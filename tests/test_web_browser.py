@@ -19,6 +19,7 @@ import pytest
 
 from alerts import AlertDispatcher, AlertsConfig, QueueConfig
 from sim import SimOptions, Simulator, bundled_cities
+from urbanpulse._app import NullWriter
 from urbanpulse._clock import ManualClock
 from urbanpulse._pipeline import Pipeline, PipelineOptions
 from web import LiveOptions, WebOptions, WebServer, load_sensor_directory
@@ -35,14 +36,6 @@ if shutil.which(CHROMIUM) is None:
     pytest.skip(
         f"no system chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True
     )
-
-
-class NullWriter:
-    def write(self, lines: bytes) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def _feed(pipeline: Pipeline, messages: list[tuple[str, bytes]]) -> None:

@@ -11,20 +11,12 @@ from servers import MosquittoServer
 
 from ingest._mqtt import MqttClient, MqttOptions
 from sim import SimOptions, Simulator, bundled_cities
-from urbanpulse._app import MqttPublisher
+from urbanpulse._app import MqttPublisher, NullWriter
 from urbanpulse._clock import SystemClock
 from urbanpulse._pipeline import Pipeline, PipelineOptions
 from web import WebOptions, WebServer
 
 CITY = bundled_cities()["sindangraja"]
-
-
-class NullWriter:
-    def write(self, lines: bytes) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 async def _get(port: int, path: str) -> tuple[int, bytes]:
