@@ -53,7 +53,7 @@ from numpy.typing import DTypeLike, NDArray
 from processors._jit import kernel, typed_kernel
 from urbanpulse._batch import ReadingBatch, SeriesKey
 from urbanpulse._events import Severity
-from urbanpulse._schema import METRIC_INFO, N_METRICS, Kind, Metric
+from urbanpulse._schema import METRIC_INFO, Kind, Metric
 
 __all__ = [
     "CHANGE",
@@ -76,7 +76,6 @@ __all__ = [
     "metric_layout",
     "np_max",
     "np_min",
-    "per_metric",
     "popcount8",
     "put",
     "row_allocator",
@@ -312,9 +311,6 @@ class SlotTable:
             name: np.full((0, *c.shape), c.fill, dtype=c.dtype) for name, c in self.spec.items()
         }
 
-    def covered(self, metric: NDArray[np.uint8]) -> NDArray[np.bool_]:
-        return self.local[metric] >= 0
-
     def find(self, sid: I32, metric: NDArray[np.uint8]) -> I32:
         """Rows of (sid, metric) pairs, -1 where there is none (no allocation)."""
         rows = np.empty(sid.shape[0], np.int32)
@@ -433,14 +429,11 @@ class SlotTable:
         self.base = np.array(snap[f"{prefix}base"], dtype=np.int32)
         if self.per_metric:
             self.mask = np.array(snap[f"{prefix}mask"], dtype=np.uint8)
-        n = int(snap[f"{prefix}n_rows"])
-        self.n_rows = 0
+        self.n_rows = int(snap[f"{prefix}n_rows"])
         self.cols = {
-            name: np.full((0, *c.shape), c.fill, dtype=c.dtype) for name, c in self.spec.items()
+            name: np.array(snap[f"{prefix}col.{name}"], dtype=c.dtype)
+            for name, c in self.spec.items()
         }
-        self._reserve(n)
-        for name, c in self.spec.items():
-            self.cols[name][:n] = np.asarray(snap[f"{prefix}col.{name}"], dtype=c.dtype)
 
 
 # --------------------------------------------------------------------------- detections
@@ -596,16 +589,6 @@ def detections_of(plan: BatchPlan, out: Out, *, metric: int | None = None) -> De
         oi[:, 4].astype(np.int16),
         np.zeros(k, np.uint8),
     )
-
-
-def per_metric(
-    table: Mapping[Metric, Any], default: float, convert: Callable[[Any], float] = float
-) -> F64:
-    """A metric-indexed float array from a table (missing metrics get ``default``)."""
-    out = np.full(N_METRICS, default, np.float64)
-    for m, v in table.items():
-        out[Metric(m)] = convert(v)
-    return out
 
 
 # --------------------------------------------------------------------------- detectors

@@ -60,7 +60,6 @@ __all__ = [
     "HOUR_NS",
     "RollingHours",
     "RollingSpec",
-    "hour_of",
     "mean_with_coverage",
 ]
 
@@ -71,11 +70,6 @@ F64 = NDArray[np.float64]
 HOUR_NS: Final = 3_600_000_000_000
 #: Refuse ring lengths beyond this (a year of hours): a typo, not a config.
 _MAX_RING: Final = 24 * 366
-
-
-def hour_of(ts_ns: NDArray[np.int64]) -> I64:
-    """Hour index ``ts_ns // HOUR_NS`` (floor division, also for negative ts)."""
-    return ts_ns // HOUR_NS
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,15 +245,6 @@ class RollingHours:
         if bool(known.any()):
             grid = self.max_hour.reshape(self.n_sid, self.n_tracked)
             out[known] = grid[sid[known]].max(axis=1)
-        return out
-
-    def stream_latest_hour(self, sid: ArrayLike, metric: Metric | int) -> I64:
-        """Newest hour seen per series for one metric (-1: none)."""
-        c = self._column(metric)
-        sid = np.asarray(sid, dtype=np.int64)
-        out = np.full(sid.shape[0], -1, np.int64)
-        known = (sid >= 0) & (sid < self.n_sid)
-        out[known] = self.max_hour[sid[known] * self.n_tracked + c]
         return out
 
     def hourly_means(
