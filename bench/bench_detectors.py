@@ -25,7 +25,6 @@ Prints:
 from __future__ import annotations
 
 import argparse
-import importlib
 import math
 import os
 import platform
@@ -51,6 +50,7 @@ from processors._detect_sensor import (
     SpikeDetector,
 )
 from processors._detectors import DetectorSuite
+from processors._jit import numba_version
 from urbanpulse._batch import ReadingBatch, SeriesKey, SeriesRegistry
 from urbanpulse._clock import ManualClock
 from urbanpulse._schema import KIND_METRICS, Kind, Metric
@@ -190,13 +190,6 @@ def best_of(run: Callable[[T], object], setup: Callable[[], T], repeat: int) -> 
         run(arg)
         best = min(best, time.perf_counter() - t)
     return best
-
-
-def numba_version() -> str:
-    try:
-        return str(importlib.import_module("numba").__version__)
-    except ImportError:
-        return "not installed"
 
 
 def machine() -> str:

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from _load import loadavg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT)]
@@ -94,13 +95,12 @@ def machine() -> list[tuple[str, str]]:
                     break
     except OSError:
         pass
-    one, five, fifteen = os.getloadavg()
     return [
         ("date (UTC)", dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M")),
         ("CPU", f"{os.cpu_count()} cores, {cpu}"),
         ("kernel", platform.release()),
         ("python / numpy", f"{platform.python_version()} / {np.__version__}"),
-        ("load average", f"{one:.2f} {five:.2f} {fifteen:.2f}"),
+        ("load average", loadavg()),
     ]
 
 
