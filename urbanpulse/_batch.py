@@ -114,6 +114,10 @@ class ReadingBatch:
             flags=np.concatenate([b.flags for b in batches]),
         )
 
+    def with_flags(self, flags: NDArray[np.uint8]) -> ReadingBatch:
+        """The same readings with ``flags`` OR-ed into their flags column."""
+        return ReadingBatch(self.sid, self.metric, self.ts_ns, self.value, self.flags | flags)
+
     def take(self, mask_or_index: NDArray[np.bool_] | NDArray[np.intp]) -> ReadingBatch:
         return ReadingBatch(
             sid=self.sid[mask_or_index],

@@ -33,7 +33,7 @@ from outputs._influx import LineWriter
 from outputs._lineprotocol import TagCache, encode_aggregates, encode_readings
 from outputs._stage import OutputStage, StageOptions
 from processors._dedup import DuplicateFilter
-from processors._detect_sensor import PLAUSIBLE_RANGES
+from processors._detect_sensor import RangeDetector
 from processors._detectors import DetectorConfig, DetectorSuite, warm_up
 from processors._indices import IndexTracker
 from processors._windows import MultiWindows, WindowAggregates, WindowSpec
@@ -41,7 +41,7 @@ from urbanpulse._batch import ReadingBatch, SeriesKey, SeriesRegistry
 from urbanpulse._clock import Clock, SystemClock
 from urbanpulse._errors import UrbanPulseError
 from urbanpulse._events import Event, EventBus, Severity
-from urbanpulse._schema import N_METRICS, Kind, Metric, ReadingFlag
+from urbanpulse._schema import Kind, Metric, ReadingFlag
 from urbanpulse._spool import Record, Spool, SpoolOptions
 
 __all__ = ["Pipeline", "PipelineOptions", "PipelineStats", "ProcessResult"]
@@ -114,6 +114,11 @@ class ProcessResult:
     new_keys: list[SeriesKey]
 
 
+def _flag_where(mask: NDArray[np.bool_], flag: ReadingFlag) -> NDArray[np.uint8]:
+    """``flag`` on the rows of ``mask``, 0 elsewhere (for ``ReadingBatch.with_flags``)."""
+    return np.where(mask, np.uint8(flag), np.uint8(0))
+
+
 def _dedup_retention_ns(specs: tuple[WindowSpec, ...]) -> int:
     """How long a reading can still land in an open window: widest + grace + idle."""
     return max(s.window_ns + s.grace_ns + s.idle_ns for s in specs) + 60 * 10**9
@@ -159,15 +164,11 @@ class Pipeline:
             if options.detectors is not None
             else None
         )
-        ranges = (
-            options.detectors.sensor_fault.ranges
-            if options.detectors is not None
-            else PLAUSIBLE_RANGES
+        #: The plausible ranges (used by ``bad`` only; whether the range detector
+        #: itself is enabled does not matter).
+        self._ranges = RangeDetector(
+            options.detectors.sensor_fault if options.detectors is not None else None
         )
-        self._range_lo = np.full(N_METRICS, -np.inf)
-        self._range_hi = np.full(N_METRICS, np.inf)
-        for metric, (lo, hi) in ranges.items():
-            self._range_lo[metric], self._range_hi[metric] = lo, hi
         self._max_ts_ns = -1
         #: Newest speed reading time per lane since the last ``traffic_los`` rows.
         self._lane_ts = np.full(0, _NO_TS, np.int64)
@@ -253,12 +254,12 @@ class Pipeline:
         self.stats.los_rows += enc.points
         return [(enc.data, enc.points)] if enc.points else []
 
-    def _implausible(self, batch: ReadingBatch) -> NDArray[np.bool_]:
-        """Rows outside their metric's plausible range (the range detector's table,
-        ``detectors.sensor_fault.ranges``): a pinned or broken sensor must not make
-        a district's ISPU "Berbahaya"."""
-        m = batch.metric
-        return (batch.value < self._range_lo[m]) | (batch.value > self._range_hi[m])
+    def _observe_indices(self, batch: ReadingBatch) -> None:
+        """Fold readings into the official indices, except those flagged implausible
+        (outside ``detectors.sensor_fault.ranges``): a pinned or broken sensor must
+        not make a district's ISPU "Berbahaya"."""
+        implausible = (batch.flags & np.uint8(ReadingFlag.IMPLAUSIBLE)) != 0
+        self.indices.observe(batch.take(~implausible) if implausible.any() else batch)
 
     # -- the synchronous core ----------------------------------------------------------
     def process(self, raw: RawBatch) -> ProcessResult:
@@ -273,30 +274,18 @@ class Pipeline:
         updates = self.windows.update(batch)
         late = updates[min(updates)].late_mask
         if late.any():
-            flags = batch.flags.copy()
-            flags[late] |= np.uint8(ReadingFlag.LATE)
-            batch = ReadingBatch(batch.sid, batch.metric, batch.ts_ns, batch.value, flags)
+            batch = batch.with_flags(_flag_where(late, ReadingFlag.LATE))
             self.stats.late_readings += int(np.count_nonzero(late))
-        implausible = self._implausible(batch)
+        implausible = self._ranges.bad(batch)
         if implausible.any():
-            batch = ReadingBatch(
-                batch.sid,
-                batch.metric,
-                batch.ts_ns,
-                batch.value,
-                batch.flags | np.where(implausible, np.uint8(ReadingFlag.IMPLAUSIBLE), np.uint8(0)),
-            )
+            batch = batch.with_flags(_flag_where(implausible, ReadingFlag.IMPLAUSIBLE))
             self.stats.implausible_readings += int(np.count_nonzero(implausible))
-            self.indices.observe(batch.take(~implausible))
-        else:
-            self.indices.observe(batch)
+        self._observe_indices(batch)
         if self.detectors is not None and len(batch):
             self._note_lanes(batch)
             det = self.detectors.update(batch)
             if det.flags.any():
-                batch = ReadingBatch(
-                    batch.sid, batch.metric, batch.ts_ns, batch.value, batch.flags | det.flags
-                )
+                batch = batch.with_flags(det.flags)
             self._pending_events.extend(det.events)
             self._max_ts_ns = max(self._max_ts_ns, int(batch.ts_ns.max()))
             self._pending_events.extend(self.detectors.check(self._max_ts_ns - self._grace_ns))
