@@ -289,6 +289,33 @@ def test_implausible_readings_are_flagged_counted_and_kept_out_of_the_indices() 
     assert update.districts.aqi.tolist() == pytest.approx(update.sensors.aqi.tolist())
 
 
+def test_replayed_implausible_readings_stay_out_of_the_indices(tmp_path: Path) -> None:
+    from urbanpulse._spool import SpoolOptions
+
+    opts = PipelineOptions(
+        windows=(WindowSpec(window_ms=60_000, grace_ms=0, idle_ms=10**9),),
+        spool=SpoolOptions(directory=tmp_path / "spool", fsync="never"),
+    )
+    p = Pipeline(opts, writer=ListWriter(), clock=ManualClock(CLOCK_NS))
+    assert p.spool is not None
+    for k in range(3 * 6):  # three hours, every 10 min, as above
+        t = T0_S - 3 * 3600 + 600 * k + 5
+        r = p.process(
+            _raw(
+                ("urbanpulse/bandung/coblong/air/aq-pinned", {"dateObserved": t, "pm25": 999.9}),
+                ("urbanpulse/bandung/coblong/air/aq-hazy", {"dateObserved": t, "pm25": 180.0}),
+            )
+        )
+        p.spool.append(r.new_keys, r.batch, r.aggregates)
+    p.spool.close()  # a crash: no checkpoint, the journal is replayed on start
+    again = Pipeline(opts, writer=ListWriter(), clock=ManualClock(CLOCK_NS))
+    assert again.stats.replayed_records == 18
+    update = again.indices.evaluate()
+    assert {again.registry.key(int(s)).sensor_id for s in update.sensors.sid.tolist()} == {
+        "aq-hazy"
+    }
+
+
 def test_traffic_los_rows_follow_the_learned_free_flow() -> None:
     from processors._detect_traffic import TrafficStateConfig
     from processors._detectors import DetectorConfig

@@ -399,7 +399,7 @@ class Pipeline:
                 self.registry.resolve(key)
             self.dedup.apply(record.batch)
             self.windows.update(record.batch)
-            self.indices.observe(record.batch)
+            self._observe_indices(record.batch)
             if self.detectors is not None and len(record.batch):
                 # Events of replayed records go to storage again (idempotent), not
                 # to the bus: they were, or would have been, published before.
