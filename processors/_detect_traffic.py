@@ -75,6 +75,7 @@ from processors._detect_core import (
     series_layout,
     slot_row,
 )
+from processors._indices import _LOS_SHARES, LOS_LETTERS
 from processors._jit import kernel
 from urbanpulse._events import Severity
 from urbanpulse._schema import Metric
@@ -99,7 +100,8 @@ I64_2D = NDArray[np.int64]
 F64_2D = NDArray[np.float64]
 _DAY_NS: Final = 86_400 * 1_000_000_000
 _HOUR_NS: Final = 3_600 * 1_000_000_000
-LOS_NAMES: Final = ("A", "B", "C", "D", "E", "F")
+#: Level-of-service letters by class index (the same as ``LOS_LETTERS``).
+LOS_NAMES: Final = LOS_LETTERS
 _SPEED: Final = Metric.AVERAGE_VEHICLE_SPEED
 
 
@@ -141,7 +143,8 @@ class TrafficStateConfig:
     smoothing_alpha: float = 0.03
     congested_ratio: float = 0.90
     clear_ratio: float = 0.92
-    los_bounds: tuple[float, float, float, float, float] = (0.80, 0.67, 0.50, 0.40, 0.30)
+    #: Lower (exclusive) ratio bounds of classes A..E (HCM 7 Exh. 18-1).
+    los_bounds: tuple[float, float, float, float, float] = _LOS_SHARES
     los_margin: float = 0.02
 
     def __post_init__(self) -> None:
