@@ -34,12 +34,24 @@ import json
 import os
 import platform
 import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+# _load puts tests/ on sys.path: import it before servers (tests/servers.py).
+from _load import (  # type: ignore[import-not-found, unused-ignore]
+    LoadPublisher,
+    await_probe,
+    sim_messages,
+    start_mosquitto,
+    write_packets,
+)
+from servers import (  # type: ignore[import-not-found, unused-ignore]
+    QuietHandler,
+    http_server,
+)
 
 from alerts import (
     SIGNATURE_HEADER,
@@ -56,11 +68,11 @@ from urbanpulse._events import Event, EventBus, Severity
 SECRET = "bench"
 
 
-def make_server(
+def make_handler(
     latencies_ns: list[int], arrivals: list[tuple[str, int]] | None = None
-) -> ThreadingHTTPServer:
-    class Hook(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
+) -> type[QuietHandler]:
+    class Hook(QuietHandler):  # type: ignore[misc, unused-ignore]
+        def do_POST(self) -> None:  # noqa: N802 - the stdlib handler's name
             now = time.time_ns()
             body = self.rfile.read(int(self.headers["Content-Length"]))
             want = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
@@ -76,10 +88,7 @@ def make_server(
                     else:
                         latencies_ns.append(now - int(alert["annotations"]["bench_ns"]))
 
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    return ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    return Hook
 
 
 def event(
@@ -105,80 +114,76 @@ def event(
 
 async def run(args: argparse.Namespace, queue_dir: str) -> tuple[list[int], float, dict[str, int]]:
     latencies: list[int] = []
-    server = make_server(latencies)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    cfg = AlertsConfig(
-        lifecycle=LifecycleConfig(flap_transitions=0),
-        routes=(
-            Route(
-                name="all",
-                receivers=("hook",),
-                group_by=("district",),
-                group_wait_s=0,
-                group_interval_s=0,
+    with http_server(make_handler(latencies)) as server:
+        cfg = AlertsConfig(
+            lifecycle=LifecycleConfig(flap_transitions=0),
+            routes=(
+                Route(
+                    name="all",
+                    receivers=("hook",),
+                    group_by=("district",),
+                    group_wait_s=0,
+                    group_interval_s=0,
+                ),
             ),
-        ),
-        webhooks=(
-            WebhookConfig(
-                name="hook", url=f"http://127.0.0.1:{server.server_port}/", secret=SECRET
+            webhooks=(
+                WebhookConfig(
+                    name="hook", url=f"http://127.0.0.1:{server.server_port}/", secret=SECRET
+                ),
             ),
-        ),
-        queue=QueueConfig(directory=queue_dir, fsync=not args.no_fsync),
-        tick_s=0.05,
-    )
-    bus = EventBus()
-    disp = AlertDispatcher(cfg, build_receivers(cfg))
-    task = asyncio.create_task(disp.run(bus.subscribe("alerts", maxsize=1_000_000)))
-    stop = asyncio.Event()
-    load_sent = 0
-
-    async def load() -> None:
-        nonlocal load_sent
-        per_burst = max(1, int(args.load_eps * 0.01))
-        info = {"index": "ispu", "category": "Sedang"}
-        i = 0
-        start = time.monotonic()
-        while not stop.is_set():
-            batch = []
-            for _ in range(per_burst):
-                sensor = f"load{i % args.load_series}"
-                batch.append(event(sensor, f"d{i % 97}", Severity.INFO, "change", info))
-                i += 1
-            bus.publish(batch)
-            load_sent += len(batch)
-            target = start + load_sent / args.load_eps
-            await asyncio.sleep(max(0.0, target - time.monotonic()))
-
-    loader = asyncio.create_task(load())
-    await asyncio.sleep(0.5)
-    t0 = time.monotonic()
-    sent0 = load_sent
-    for k in range(args.alerts):
-        now_ns = time.time_ns()
-        bus.publish(
-            [
-                event(
-                    f"a{k}",
-                    f"alert-district-{k}",
-                    Severity.WARNING,
-                    "start",
-                    {"bench_ns": str(now_ns)},
-                )
-            ]
+            queue=QueueConfig(directory=queue_dir, fsync=not args.no_fsync),
+            tick_s=0.05,
         )
-        await asyncio.sleep(args.alert_every_s)
-    deadline = time.monotonic() + 10
-    while len(latencies) < args.alerts and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
-    rate = (load_sent - sent0) / (time.monotonic() - t0)
-    stop.set()
-    await loader
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    server.shutdown()
-    server.server_close()
+        bus = EventBus()
+        disp = AlertDispatcher(cfg, build_receivers(cfg))
+        task = asyncio.create_task(disp.run(bus.subscribe("alerts", maxsize=1_000_000)))
+        stop = asyncio.Event()
+        load_sent = 0
+
+        async def load() -> None:
+            nonlocal load_sent
+            per_burst = max(1, int(args.load_eps * 0.01))
+            info = {"index": "ispu", "category": "Sedang"}
+            i = 0
+            start = time.monotonic()
+            while not stop.is_set():
+                batch = []
+                for _ in range(per_burst):
+                    sensor = f"load{i % args.load_series}"
+                    batch.append(event(sensor, f"d{i % 97}", Severity.INFO, "change", info))
+                    i += 1
+                bus.publish(batch)
+                load_sent += len(batch)
+                target = start + load_sent / args.load_eps
+                await asyncio.sleep(max(0.0, target - time.monotonic()))
+
+        loader = asyncio.create_task(load())
+        await asyncio.sleep(0.5)
+        t0 = time.monotonic()
+        sent0 = load_sent
+        for k in range(args.alerts):
+            now_ns = time.time_ns()
+            bus.publish(
+                [
+                    event(
+                        f"a{k}",
+                        f"alert-district-{k}",
+                        Severity.WARNING,
+                        "start",
+                        {"bench_ns": str(now_ns)},
+                    )
+                ]
+            )
+            await asyncio.sleep(args.alert_every_s)
+        deadline = time.monotonic() + 10
+        while len(latencies) < args.alerts and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        rate = (load_sent - sent0) / (time.monotonic() - t0)
+        stop.set()
+        await loader
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     return latencies, rate, disp.counters()
 
 
@@ -186,18 +191,6 @@ _PIPE_KEYS = ("events", "dead_letters", "overflow", "batches", "messages_ok")
 
 
 async def run_e2e(args: argparse.Namespace, work: str) -> tuple[list[int], dict[str, Any]]:
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _load import (  # type: ignore[import-not-found, unused-ignore]
-        LoadPublisher,
-        await_probe,
-        sim_messages,
-        start_mosquitto,
-        write_packets,
-    )
-
     from ingest._mqtt import MqttClient, MqttOptions
     from urbanpulse._app import NullWriter
     from urbanpulse._pipeline import Pipeline, PipelineOptions
@@ -205,75 +198,73 @@ async def run_e2e(args: argparse.Namespace, work: str) -> tuple[list[int], dict[
     latencies: list[int] = []
     sent_ns: dict[str, int] = {}
     arrivals: list[tuple[str, int]] = []
-    server = make_server(latencies, arrivals)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    mosq = start_mosquitto(Path(work))
-    n = int(args.e2e_rate * args.e2e_seconds)
-    messages = sim_messages(n, rate_per_s=args.e2e_rate)
-    packets = write_packets(messages, 0, Path(work) / "packets")
-    cfg = AlertsConfig(
-        lifecycle=LifecycleConfig(flap_transitions=0),
-        routes=(
-            Route(
-                name="bench",
-                matchers=("alertname=range", "sensor_id=~alertbench-.*"),
-                receivers=("hook",),
-                group_by=("sensor_id",),
-                group_wait_s=0,
-                group_interval_s=0,
+    with http_server(make_handler(latencies, arrivals)) as server:
+        mosq = start_mosquitto(Path(work))
+        n = int(args.e2e_rate * args.e2e_seconds)
+        messages = sim_messages(n, rate_per_s=args.e2e_rate)
+        packets = write_packets(messages, 0, Path(work) / "packets")
+        cfg = AlertsConfig(
+            lifecycle=LifecycleConfig(flap_transitions=0),
+            routes=(
+                Route(
+                    name="bench",
+                    matchers=("alertname=range", "sensor_id=~alertbench-.*"),
+                    receivers=("hook",),
+                    group_by=("sensor_id",),
+                    group_wait_s=0,
+                    group_interval_s=0,
+                ),
             ),
-        ),
-        webhooks=(
-            WebhookConfig(
-                name="hook", url=f"http://127.0.0.1:{server.server_port}/", secret=SECRET
+            webhooks=(
+                WebhookConfig(
+                    name="hook", url=f"http://127.0.0.1:{server.server_port}/", secret=SECRET
+                ),
             ),
-        ),
-        queue=QueueConfig(directory=os.path.join(work, "q")),
-        tick_s=0.05,
-    )
-    pipeline = Pipeline(PipelineOptions(subscribe_qos=0), writer=NullWriter())
-    client = MqttClient(MqttOptions(port=mosq.port), subscriptions=pipeline.subscription)
-    pipeline.attach_mqtt(client)
-    disp = AlertDispatcher(cfg, build_receivers(cfg))
-    alerts_task = asyncio.create_task(disp.run(pipeline.bus.subscribe("alerts", maxsize=100_000)))
-    run_task = asyncio.create_task(pipeline.run())
-    trigger = MqttClient(MqttOptions(port=mosq.port))
-    trigger_task = asyncio.create_task(trigger.run())
-    try:
-        await client.wait_connected(10)
-        await trigger.wait_connected(10)
-        await await_probe(mosq.port, lambda: pipeline.buffer.received)
-        publisher = LoadPublisher(packets, mosq.port, rate=args.e2e_rate)
-        await publisher.astart()
-        ok0 = pipeline.stats.messages_ok
-        t0 = time.monotonic()
-        publisher.go()
-        k = 0
-        while time.monotonic() - t0 < args.e2e_seconds:
-            await asyncio.sleep(0.1)
-            sensor = f"alertbench-{k:04d}"
-            k += 1
-            now = time.time_ns()
-            body = json.dumps({"dateObserved": now / 1e9, "pm25": 1000.0}).encode()
-            sent_ns[sensor] = time.time_ns()
-            trigger.publish(f"urbanpulse/bandung/cibiru/air/{sensor}", body)
-        pub = await publisher.aresult()
-        deadline = time.monotonic() + 10
-        while len(arrivals) < len(sent_ns) and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        consumed = pipeline.stats.messages_ok - ok0
-    finally:
-        pipeline.request_stop()
-        await run_task
-        alerts_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await alerts_task
-        await trigger.stop()
-        await trigger_task
-        server.shutdown()
-        server.server_close()
-        mosq.stop()
+            queue=QueueConfig(directory=os.path.join(work, "q")),
+            tick_s=0.05,
+        )
+        pipeline = Pipeline(PipelineOptions(subscribe_qos=0), writer=NullWriter())
+        client = MqttClient(MqttOptions(port=mosq.port), subscriptions=pipeline.subscription)
+        pipeline.attach_mqtt(client)
+        disp = AlertDispatcher(cfg, build_receivers(cfg))
+        alerts_task = asyncio.create_task(
+            disp.run(pipeline.bus.subscribe("alerts", maxsize=100_000))
+        )
+        run_task = asyncio.create_task(pipeline.run())
+        trigger = MqttClient(MqttOptions(port=mosq.port))
+        trigger_task = asyncio.create_task(trigger.run())
+        try:
+            await client.wait_connected(10)
+            await trigger.wait_connected(10)
+            await await_probe(mosq.port, lambda: pipeline.buffer.received)
+            publisher = LoadPublisher(packets, mosq.port, rate=args.e2e_rate)
+            await publisher.astart()
+            ok0 = pipeline.stats.messages_ok
+            t0 = time.monotonic()
+            publisher.go()
+            k = 0
+            while time.monotonic() - t0 < args.e2e_seconds:
+                await asyncio.sleep(0.1)
+                sensor = f"alertbench-{k:04d}"
+                k += 1
+                now = time.time_ns()
+                body = json.dumps({"dateObserved": now / 1e9, "pm25": 1000.0}).encode()
+                sent_ns[sensor] = time.time_ns()
+                trigger.publish(f"urbanpulse/bandung/cibiru/air/{sensor}", body)
+            pub = await publisher.aresult()
+            deadline = time.monotonic() + 10
+            while len(arrivals) < len(sent_ns) and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            consumed = pipeline.stats.messages_ok - ok0
+        finally:
+            pipeline.request_stop()
+            await run_task
+            alerts_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await alerts_task
+            await trigger.stop()
+            await trigger_task
+            mosq.stop()
     got = [t - sent_ns[s] for s, t in arrivals if s in sent_ns]
     return got, {
         "load_rate": round(pub.rate),

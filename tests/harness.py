@@ -242,10 +242,6 @@ def stored_aggregates(
     return out
 
 
-def write_json(path: Path, data: object) -> None:
-    path.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-
-
 def city_messages(
     city: str, n: int, *, seed: int, n_air: int, n_traffic: int
 ) -> list[tuple[str, bytes]]:

@@ -3,12 +3,15 @@
 Each server owns a temporary data directory, is started with :meth:`start` (which
 waits until it answers), and stopped with :meth:`stop` (terminate, then kill).
 They are plain classes and context managers; ``tests/conftest.py`` wraps them in
-session-scoped fixtures and ``bench/`` uses them directly.
+session-scoped fixtures and ``bench/`` uses them directly. :func:`http_server`
+serves a stdlib request handler (e.g. a fake webhook receiver) from a thread.
 """
 
 from __future__ import annotations
 
+import abc
 import base64
+import contextlib
 import json
 import os
 import pwd
@@ -16,10 +19,13 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
@@ -27,10 +33,12 @@ from typing import IO, Any, Self
 __all__ = [
     "InfluxDB1Server",
     "MosquittoServer",
+    "QuietHandler",
     "ServerBinaryMissingError",
     "ServerError",
     "VictoriaMetricsServer",
     "free_port",
+    "http_server",
 ]
 
 MOSQUITTO_BIN = "/usr/sbin/mosquitto"
@@ -92,7 +100,26 @@ def _http(
         return int(exc.code), bytes(exc.read())
 
 
-class _Process:
+class QuietHandler(BaseHTTPRequestHandler):
+    """A stdlib request handler that does not log every request to stderr."""
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[ThreadingHTTPServer]:
+    """``handler`` served on ``127.0.0.1:<free port>`` from a thread until the block ends."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _Process(abc.ABC):
     """A child process with its output in a log file, started and stopped on demand."""
 
     #: Seconds to wait for readiness before giving up.
@@ -108,13 +135,15 @@ class _Process:
         self._log: IO[bytes] | None = None
 
     # -- to override -------------------------------------------------------
+    @abc.abstractmethod
     def _command(self) -> list[str]:
-        raise NotImplementedError
+        """The server's command line."""
 
+    @abc.abstractmethod
     def _ready(self) -> bool:
-        raise NotImplementedError
+        """True once the server answers."""
 
-    def _after_start(self) -> None:
+    def _after_start(self) -> None:  # noqa: B027 - an optional hook, empty by default
         """Called once the server answers (e.g. to create users)."""
 
     # -- lifecycle ------------------------------------------------------------
@@ -352,14 +381,6 @@ class VictoriaMetricsServer(_Process):
         if status != 200:
             raise ServerError(f"export {match}: HTTP {status}: {body.decode('utf-8', 'replace')}")
         return [json.loads(line) for line in body.splitlines() if line.strip()]
-
-    def delete_series(self, match: str) -> None:
-        """Remove series matching a selector (test isolation)."""
-        query = urllib.parse.urlencode({"match[]": match})
-        url = f"{self.url}/api/v1/admin/tsdb/delete_series?{query}"
-        status, body = _http("POST", url)
-        if status not in (200, 204):
-            raise ServerError(f"delete_series {match}: HTTP {status}: {body!r}")
 
 
 class InfluxDB1Server(_Process):

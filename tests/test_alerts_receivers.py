@@ -7,16 +7,22 @@ import asyncio
 import hashlib
 import hmac
 import json
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from servers import MosquittoServer, _http, _Process, _tcp_open, free_port
+from servers import (
+    MosquittoServer,
+    QuietHandler,
+    _http,
+    _Process,
+    _tcp_open,
+    free_port,
+    http_server,
+)
 
 from alerts import (
     SIGNATURE_HEADER,
@@ -58,12 +64,12 @@ def ev(state: EventState = "start", *, sensor: str = "s1") -> Event:
 
 
 # --------------------------------------------------------------------- webhook
-class _Hook(BaseHTTPRequestHandler):
+class _Hook(QuietHandler):
     received: ClassVar[list[dict[str, Any]]] = []
     bad_signatures: ClassVar[int] = 0
     fail_next: ClassVar[int] = 0
 
-    def do_POST(self) -> None:
+    def do_POST(self) -> None:  # noqa: N802 - the stdlib handler's name
         body = self.rfile.read(int(self.headers["Content-Length"]))
         cls = type(self)
         if cls.fail_next > 0:
@@ -81,21 +87,12 @@ class _Hook(BaseHTTPRequestHandler):
         self.send_response(200)
         self.end_headers()
 
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
 
 @pytest.fixture
 def hook_server() -> Iterator[tuple[str, type[_Hook]]]:
     handler = type("Hook", (_Hook,), {"received": [], "bad_signatures": 0, "fail_next": 0})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with http_server(handler) as server:
         yield f"http://127.0.0.1:{server.server_port}/hook", handler
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def hook_config(url: str, tmp_path: Path, *, secret: str = SECRET) -> AlertsConfig:
