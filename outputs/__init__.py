@@ -21,6 +21,7 @@ from outputs._lineprotocol import (
     escape_measurement,
     escape_string_field,
     escape_tag,
+    tag_set,
     window_label,
 )
 from outputs._retry import RetryingWriter, RetryPolicy
@@ -46,5 +47,6 @@ __all__ = [
     "escape_string_field",
     "escape_tag",
     "parse_retry_after",
+    "tag_set",
     "window_label",
 ]

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from outputs._lineprotocol import EncodedLines, escape_string_field, escape_tag
+from outputs._lineprotocol import EncodedLines, escape_string_field, escape_tag, tag_set
 from processors._indices import (
     AQI_CATEGORIES,
     AQI_POLLUTANTS,
@@ -25,10 +25,6 @@ from urbanpulse._batch import SeriesRegistry
 from urbanpulse._events import Event
 
 __all__ = ["encode_events", "encode_index_rows", "encode_los_rows"]
-
-
-def _tags(pairs: Sequence[tuple[str, str]]) -> str:
-    return "".join(f",{k}={escape_tag(v)}" for k, v in sorted(pairs) if v)
 
 
 def _num(name: str, value: float) -> str | None:
@@ -50,13 +46,13 @@ def encode_index_rows(
         sid = int(rows.sid[i])
         if sid >= 0:
             key = registry.key(sid)
-            tags = _tags(
+            tags = tag_set(
                 [("city", key.city), ("district", key.district), ("sensor_id", key.sensor_id),
                  ("scope", "sensor")]
             )  # fmt: skip
         else:
             city, district = district_keys[int(rows.district[i])]
-            tags = _tags([("city", city), ("district", district), ("scope", "district")])
+            tags = tag_set([("city", city), ("district", district), ("scope", "district")])
         fields: list[str | None] = []
         ic, ac = int(rows.ispu_category[i]), int(rows.aqi_category[i])
         if math.isfinite(rows.ispu[i]):
@@ -105,7 +101,7 @@ def encode_los_rows(
         if c >= len(LOS_LETTERS) or not math.isfinite(free_flow_kmh[i]):
             continue
         key = registry.key(int(sid[i]))
-        tags = _tags(
+        tags = tag_set(
             [("city", key.city), ("district", key.district), ("sensor_id", key.sensor_id),
              ("lane", str(key.lane))]
         )  # fmt: skip
@@ -126,7 +122,7 @@ def encode_events(events: Sequence[Event]) -> EncodedLines:
     a start and its end at the same time do not overwrite each other."""
     lines = []
     for e in events:
-        tags = _tags(
+        tags = tag_set(
             [("city", e.city), ("district", e.district), ("sensor_id", e.sensor_id),
              ("kind", e.kind), ("detector", e.detector), ("metric", e.metric),
              ("severity", e.severity.label), ("state", e.state),

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
@@ -50,6 +50,7 @@ __all__ = [
     "escape_measurement",
     "escape_string_field",
     "escape_tag",
+    "tag_set",
     "window_label",
 ]
 
@@ -90,6 +91,12 @@ def escape_tag(text: str, policy: InvalidTagPolicy = "replace") -> str:
 
 
 escape_field_key = escape_tag
+
+
+def tag_set(pairs: Iterable[tuple[str, str]], policy: InvalidTagPolicy = "replace") -> str:
+    """``",key=value"`` per pair, keys in sorted order (as InfluxDB prefers), pairs
+    with an empty value left out; keys must already be valid (they are constants)."""
+    return "".join(f",{k}={escape_tag(v, policy)}" for k, v in sorted(pairs) if v)
 
 
 def escape_measurement(text: str, policy: InvalidTagPolicy = "replace") -> str:
@@ -141,7 +148,7 @@ class TagCache:
             pairs.append(("lane", str(key.lane)))
         pairs.append(("sensor_id", key.sensor_id))
         try:
-            return "".join(f",{k}={escape_tag(v, self._policy)}" for k, v in pairs if v)
+            return tag_set(pairs, self._policy)
         except InvalidTagError:
             return None
 
