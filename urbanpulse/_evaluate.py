@@ -20,11 +20,13 @@ from pathlib import Path
 
 from ingest._buffer import RawBatch
 from processors._windows import WindowSpec
+from sim._fleet import Fleet
 from sim._groundtruth import Label, clip_labels
 from sim._runner import SimOptions, Simulator, resolve_fleet
 from sim._scenario import Scenario, load_scenario, random_scenario
 from sim._score import ScoreTable, score_detections
 from sim._truth import condition_labels
+from urbanpulse._app import NullWriter
 from urbanpulse._clock import ManualClock
 from urbanpulse._errors import ConfigError
 from urbanpulse._events import Event, Severity
@@ -72,6 +74,16 @@ class EvaluationOptions:
         if not self.days > 0 or self.warmup_days < 0:
             raise ConfigError("evaluate needs days > 0 and warmup_days >= 0")
 
+    @property
+    def run_start_ns(self) -> int:
+        """Start of the simulated run: the warm-up before ``start_ns``."""
+        return self.start_ns - round(self.warmup_days * 86_400e9)
+
+    @property
+    def end_ns(self) -> int:
+        """End of the scored period."""
+        return self.start_ns + round(self.days * 86_400e9)
+
 
 @dataclass(frozen=True, slots=True)
 class EvaluationResult:
@@ -94,14 +106,6 @@ class EvaluationResult:
         )
 
 
-class _NullWriter:
-    def write(self, lines: bytes) -> None:
-        del lines
-
-    def close(self) -> None:
-        return None
-
-
 def _batches(sim: Simulator, batch_ns: int) -> Iterator[tuple[int, list[tuple[str, bytes]]]]:
     while True:
         nxt = sim.next_event_ns()
@@ -112,9 +116,9 @@ def _batches(sim: Simulator, batch_ns: int) -> Iterator[tuple[int, list[tuple[st
 
 
 def _run(
-    opts: EvaluationOptions, scenario: Scenario | None
-) -> tuple[list[Event], list[Label], int, int]:
-    run_start_ns = opts.start_ns - round(opts.warmup_days * 86_400e9)
+    opts: EvaluationOptions, fleet: Fleet, scenario: Scenario | None
+) -> tuple[list[Event], list[Label], int]:
+    run_start_ns = opts.run_start_ns
     sim_opts = SimOptions(
         seed=opts.seed,
         city=opts.city,
@@ -123,7 +127,6 @@ def _run(
         duration_s=(opts.warmup_days + opts.days) * 86_400.0,
     )
     clock = ManualClock(run_start_ns)
-    fleet = resolve_fleet(sim_opts)
     sim = Simulator(sim_opts, clock, fleet=fleet, scenario=scenario)
     pipeline = Pipeline(
         PipelineOptions(
@@ -131,7 +134,7 @@ def _run(
             index_interval_s=opts.index_interval_s,
             stats_interval_s=1e9,
         ),
-        writer=_NullWriter(),
+        writer=NullWriter(),
         clock=clock,
     )
     events: list[Event] = []
@@ -150,9 +153,8 @@ def _run(
         events.extend(pipeline.take_events())
     events.extend(pipeline.indices.evaluate().events)
     if pipeline.detectors is not None:
-        end_ns = opts.start_ns + round(opts.days * 86_400e9)
-        events.extend(pipeline.detectors.check(end_ns))
-    return events, list(sim.labels), messages, len(fleet.sensors())
+        events.extend(pipeline.detectors.check(opts.end_ns))
+    return events, list(sim.labels), messages
 
 
 #: Injected fault -> detectors whose events during it are right although the
@@ -193,13 +195,15 @@ def evaluate(opts: EvaluationOptions) -> EvaluationResult:
         # a scenario's times count from the scored period, not the warm-up
         origin = datetime.fromtimestamp(opts.start_ns // 10**9, UTC)
         scenario = scenario.model_copy(update={"origin": origin})
-    end_ns = opts.start_ns + round(opts.days * 86_400e9)
-    events, labels, messages, n_sensors = _run(opts, scenario)
+    end_ns = opts.end_ns
+    events, labels, messages = _run(opts, fleet, scenario)
+    n_sensors = len(fleet.sensors())
     labels = clip_labels(labels, opts.start_ns, end_ns)
-    run_start_ns = opts.start_ns - round(opts.warmup_days * 86_400e9)
 
     def truth(scenario: Scenario | None) -> list[Label]:
-        found = condition_labels(fleet, start_ns=run_start_ns, end_ns=end_ns, scenario=scenario)
+        found = condition_labels(
+            fleet, start_ns=opts.run_start_ns, end_ns=end_ns, scenario=scenario
+        )
         return clip_labels(found, opts.start_ns, end_ns)
 
     conditions = truth(scenario)
@@ -212,7 +216,7 @@ def evaluate(opts: EvaluationOptions) -> EvaluationResult:
         tolerance_s=TOLERANCE_S,
         context=conditions + _side_effects(labels),
     )
-    clean_events, _, clean_messages, _ = _run(opts, None)
+    clean_events, _, clean_messages = _run(opts, fleet, None)
     clean = score_detections(
         truth(None),
         _alarms(clean_events),
