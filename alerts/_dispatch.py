@@ -14,14 +14,13 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from alerts._config import AlertsConfig
 from alerts._engine import AlertEngine, Notification
-from alerts._queue import DiskQueue
+from alerts._queue import DiskQueue, write_atomic
 from alerts._receivers import Receiver
 from urbanpulse._clock import Clock
 from urbanpulse._errors import ConfigError, OutputError, RetryableOutputError
@@ -100,15 +99,9 @@ class AlertDispatcher:
 
     def save_state(self) -> None:
         """Write the engine's snapshot atomically (temp file, fsync, rename)."""
-        tmp = self.state_path.with_suffix(".tmp")
         body = json.dumps(self.engine.snapshot(), separators=(",", ":"))
         try:
-            with open(tmp, "w") as fh:
-                fh.write(body)
-                fh.flush()
-                if self.config.queue.fsync:
-                    os.fsync(fh.fileno())
-            os.replace(tmp, self.state_path)
+            write_atomic(self.state_path, body, fsync=self.config.queue.fsync)
         except OSError as exc:
             raise OutputError(f"alerts: cannot save {self.state_path}: {exc}") from exc
         self._saved_s = self.engine.clock.monotonic_s()

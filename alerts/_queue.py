@@ -18,9 +18,24 @@ from typing import Any
 
 from urbanpulse._errors import OutputError
 
-__all__ = ["DiskQueue"]
+__all__ = ["DiskQueue", "write_atomic"]
 
 _COMPACT_MIN = 256
+
+
+def write_atomic(path: Path, text: str, *, fsync: bool) -> None:
+    """Replace ``path`` with ``text``: a temporary file, flushed (fsynced), renamed."""
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        if fsync:
+            os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _line(seq: int, record: dict[str, Any]) -> bytes:
+    return json.dumps({"seq": seq, "record": record}, separators=(",", ":")).encode() + b"\n"
 
 
 class DiskQueue:
@@ -48,7 +63,6 @@ class DiskQueue:
             self._acked = int(self._ack_path.read_text().strip() or 0)
         if not self._log_path.exists():
             return
-        last_seq = self._acked
         with open(self._log_path, "rb") as fh:
             for line in fh:
                 try:
@@ -57,12 +71,10 @@ class DiskQueue:
                 except (ValueError, KeyError, TypeError):
                     self.torn += 1
                     continue
-                last_seq = max(last_seq, seq)
                 if seq <= self._acked:
                     self._dead_lines += 1
                     continue
                 self._items.append((seq, record))
-        self._acked = max(self._acked, 0)
         while len(self._items) > self._max:
             self._items.popleft()
             self.dropped += 1
@@ -78,9 +90,8 @@ class DiskQueue:
         :meth:`sync` (group commit: several records, one fsync)."""
         seq = self._next
         self._next += 1
-        line = json.dumps({"seq": seq, "record": record}, separators=(",", ":")) + "\n"
         try:
-            self._log.write(line.encode())
+            self._log.write(_line(seq, record))
             self._log.flush()
             if self._fsync and sync:
                 os.fsync(self._log.fileno())
@@ -114,14 +125,8 @@ class DiskQueue:
     def _write_ack(self, seq: int) -> None:
         self._acked = seq
         self._dead_lines += 1
-        tmp = self._ack_path.with_suffix(".tmp")
         try:
-            with open(tmp, "w") as fh:
-                fh.write(str(seq))
-                fh.flush()
-                if self._fsync:
-                    os.fsync(fh.fileno())
-            os.replace(tmp, self._ack_path)
+            write_atomic(self._ack_path, str(seq), fsync=self._fsync)
         except OSError as exc:
             raise OutputError(f"alert queue {self.path}: {exc}") from exc
         if self._dead_lines >= _COMPACT_MIN and self._dead_lines > len(self._items):
@@ -131,8 +136,7 @@ class DiskQueue:
         tmp = self._log_path.with_suffix(".tmp")
         with open(tmp, "wb") as fh:
             for seq, record in self._items:
-                line = json.dumps({"seq": seq, "record": record}, separators=(",", ":"))
-                fh.write(line.encode() + b"\n")
+                fh.write(_line(seq, record))
             fh.flush()
             if self._fsync:
                 os.fsync(fh.fileno())
