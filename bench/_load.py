@@ -28,7 +28,6 @@ import datetime as dt
 import json
 import os
 import platform
-import re
 import resource
 import socket
 import subprocess
@@ -66,6 +65,7 @@ __all__ = [
     "VictoriaMetricsServer",
     "await_probe",
     "cpu_busy",
+    "cpu_model",
     "loadavg",
     "machine_info",
     "mosquitto_dropped",
@@ -416,6 +416,18 @@ def _command_line(cmd: list[str]) -> str:
     return text.splitlines()[0] if text else "?"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "?"
+
+
 def loadavg() -> str:
     """The 1/5/15-minute load averages (other work on this machine skews the figures)."""
     one, five, fifteen = os.getloadavg()
@@ -483,9 +495,6 @@ def cpu_busy(seconds: float = 1.0) -> float:
 
 
 def machine_info() -> list[tuple[str, str]]:
-    cpu = "?"
-    for line in _command_line(["sh", "-c", "lscpu | grep 'Model name'"]).splitlines():
-        cpu = re.sub(r"^Model name:\s*", "", line)
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
 
     def pkg(name: str) -> str:
@@ -496,7 +505,7 @@ def machine_info() -> list[tuple[str, str]]:
 
     return [
         ("date (UTC)", dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")),
-        ("CPU", f"{os.cpu_count()} cores (nproc), {cpu}"),
+        ("CPU", f"{os.cpu_count()} cores (nproc), {cpu_model()}"),
         ("RAM", f"{mem_gib:.1f} GiB"),
         ("kernel", platform.release()),
         ("load average", loadavg()),

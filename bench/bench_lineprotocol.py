@@ -22,7 +22,6 @@ import os
 import platform
 import re
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -31,17 +30,14 @@ from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
+
+# _load puts the repo root and tests/ on sys.path (run as a script from anywhere).
+from _load import ROOT, VictoriaMetricsServer, cpu_model
+from influxdb_client.client.write.point import Point
+from influxdb_client.domain.write_precision import WritePrecision
 from numpy.typing import NDArray
 
-ROOT = Path(__file__).resolve().parent.parent
-# Run as a script from anywhere: the repo root (like `python -m`) and tests/ (servers.py).
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-from influxdb_client.client.write.point import Point  # noqa: E402
-from influxdb_client.domain.write_precision import WritePrecision  # noqa: E402
-from servers import VictoriaMetricsServer  # noqa: E402
-
-from outputs import (  # noqa: E402
+from outputs import (
     InfluxV1Options,
     InfluxV1Writer,
     InfluxV2Options,
@@ -51,7 +47,7 @@ from outputs import (  # noqa: E402
     encode_aggregates,
     encode_readings,
 )
-from urbanpulse import (  # noqa: E402
+from urbanpulse import (
     KIND_METRICS,
     METRIC_INFO,
     Kind,
@@ -194,16 +190,8 @@ def write_throughput(
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return (
-        f"{cpu}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, "
+        f"{cpu_model()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, "
         f"Python {platform.python_version()}, numpy {np.__version__}, "
         f"influxdb-client {version('influxdb-client')}, urllib3 {version('urllib3')}"
     )
