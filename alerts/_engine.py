@@ -44,10 +44,10 @@ import itertools
 import math
 from collections import deque
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from alerts._config import SEVERITIES, AlertsConfig, Matcher, QuietHours, Route
+from alerts._config import SEVERITIES, AlertsConfig, Matcher, QuietHours, Route, _matchers
 from urbanpulse._clock import Clock, SystemClock
 from urbanpulse._errors import UrbanPulseError
 from urbanpulse._events import Event, Severity
@@ -193,6 +193,10 @@ class _Group:
 
 
 _INDEX_DETECTORS_LABEL = "index"
+
+
+def _group_key(route: str, receiver: str, labels: Mapping[str, str]) -> str:
+    return f"{route}/{receiver}/" + ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
 class AlertEngine:
@@ -365,9 +369,7 @@ class AlertEngine:
         for route in routes:
             glabels = {name: alert.labels.get(name, "") for name in route.group_by}
             for receiver in route.receivers:
-                gkey = f"{route.name}/{receiver}/" + ",".join(
-                    f"{k}={v}" for k, v in sorted(glabels.items())
-                )
+                gkey = _group_key(route.name, receiver, glabels)
                 group = self._groups.get(gkey)
                 if group is None:
                     group = self._groups[gkey] = _Group(
@@ -606,9 +608,7 @@ class AlertEngine:
             if route is None or item["receiver"] not in route.receivers:
                 continue
             labels = dict(item["labels"])
-            key = f"{route.name}/{item['receiver']}/" + ",".join(
-                f"{k}={v}" for k, v in sorted(labels.items())
-            )
+            key = _group_key(route.name, item["receiver"], labels)
             sent_age = item["sent_age_s"]
             self._groups[key] = _Group(
                 key=key,
@@ -672,7 +672,7 @@ class AlertEngine:
         comment: str = "",
         starts_ns: int | None = None,
     ) -> Silence:
-        parsed = tuple(m if isinstance(m, Matcher) else Matcher.parse(m) for m in matchers)
+        parsed = _matchers(tuple(matchers))
         if not parsed:
             raise UrbanPulseError("a silence needs at least one matcher")
         if duration_s <= 0:
@@ -694,13 +694,8 @@ class AlertEngine:
         if silence is None:
             raise UrbanPulseError(f"no silence {silence_id}")
         now_ns = self._clock.now_ns()
-        self._silences[silence_id] = Silence(
-            id=silence.id,
-            matchers=silence.matchers,
-            starts_ns=min(silence.starts_ns, now_ns),
-            ends_ns=now_ns,
-            created_by=silence.created_by,
-            comment=silence.comment,
+        self._silences[silence_id] = replace(
+            silence, starts_ns=min(silence.starts_ns, now_ns), ends_ns=now_ns
         )
 
     def silences(self, *, active_only: bool = False) -> list[Silence]:
