@@ -25,7 +25,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
 
 from ingest._models import UnknownFields
-from ingest._topics import TopicError, TopicInfo, TopicPattern
+from ingest._topics import (
+    MAX_SEGMENT,
+    TopicError,
+    TopicInfo,
+    TopicPattern,
+    check_tag,
+    split_pattern,
+)
 from ingest._units import UNIT_SYMBOLS, Unit, convertible, parse_unit
 from urbanpulse._errors import DecodeError
 from urbanpulse._schema import METRIC_INFO, Kind, Metric
@@ -194,23 +201,7 @@ def topic_matches(topic_filter: str, topic: str) -> bool:
     return len(t) == len(f)
 
 
-_CAPTURE: Final = re.compile(r"^\{([a-z_][a-z0-9_]*)\}$")
 _TAGS: Final = ("city", "district", "kind")
-_MAX_SEGMENT: Final = 128
-
-
-def _check_tag(name: str, value: str) -> None:
-    if (
-        not value
-        or len(value) > _MAX_SEGMENT
-        or not value.isprintable()
-        or "+" in value
-        or "#" in value
-    ):
-        raise TopicError(
-            "topic_bad_segment",
-            f"{name} is not a printable tag of <= 128 chars without '+' or '#'",
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,21 +216,7 @@ class RulePattern:
 
     @classmethod
     def compile(cls, pattern: str, tags: Mapping[str, str]) -> RulePattern:
-        levels: list[str | None] = []
-        captures: list[tuple[int, str]] = []
-        for i, part in enumerate(pattern.split("/")):
-            m = _CAPTURE.match(part)
-            if m:
-                levels.append(None)
-                if m.group(1) != "_":
-                    captures.append((i, m.group(1)))
-            elif "+" in part or "#" in part or "{" in part or "}" in part or not part:
-                raise ValueError(
-                    f"topic pattern {pattern!r}: level {i + 1} ({part!r}) must be a literal, "
-                    "'{name}' or '{_}'"
-                )
-            else:
-                levels.append(part)
+        levels, captures = split_pattern(pattern)
         names = [n for _, n in captures]
         if len(set(names)) != len(names):
             raise ValueError(f"topic pattern {pattern!r} captures a name twice")
@@ -254,12 +231,12 @@ class RulePattern:
             raise ValueError(f"topic pattern {pattern!r} lacks {missing}: set them in tags")
         for name, value in tags.items():
             try:
-                _check_tag(name, value)
+                check_tag(name, value)
             except TopicError as exc:
                 raise ValueError(f"tags.{name}: {exc.detail}") from None
         if "kind" in tags:
             Kind.parse(tags["kind"])
-        return cls(pattern, tuple(levels), tuple(captures), tuple(sorted(tags.items())))
+        return cls(pattern, levels, captures, tuple(sorted(tags.items())))
 
     @property
     def sensor_from_payload(self) -> bool:
@@ -280,7 +257,7 @@ class RulePattern:
                 raise TopicError("topic_reserved", f"level {i + 1} {part!r} starts with '_'")
         values = dict(self.constants)
         for i, name in self.captures:
-            _check_tag(name, parts[i])
+            check_tag(name, parts[i])
             values[name] = parts[i]
         try:
             kind = Kind.parse(values["kind"])
@@ -547,7 +524,7 @@ def _decode_senml(
             sensor = bn.rstrip(_SENML_SEPARATORS)
             if not sensor:
                 raise DecodeError("no_sensor_id", f"record {k}: no bn to name the sensor")
-            if len(sensor) > _MAX_SEGMENT:
+            if len(sensor) > MAX_SEGMENT:
                 raise DecodeError("no_sensor_id", f"record {k}: bn longer than 128")
         row = rows.get((sensor, ts_ns))
         if row is None:
@@ -663,7 +640,7 @@ def _decode_ttn(
     if ctx.need_sensor:
         ids = obj.get("end_device_ids")
         dev = ids.get("device_id") if isinstance(ids, dict) else None
-        if not isinstance(dev, str) or not dev or len(dev) > _MAX_SEGMENT:
+        if not isinstance(dev, str) or not dev or len(dev) > MAX_SEGMENT:
             raise DecodeError("no_sensor_id", "end_device_ids.device_id is missing")
         sensor = dev
     received = obj.get("received_at")

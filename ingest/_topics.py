@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 from urbanpulse._schema import Kind
 
-__all__ = ["TopicError", "TopicInfo", "TopicPattern"]
+__all__ = ["MAX_SEGMENT", "TopicError", "TopicInfo", "TopicPattern", "check_tag", "split_pattern"]
 
 _REQUIRED = ("city", "district", "kind", "sensor_id")
 _CAPTURE = re.compile(r"^\{([a-z_][a-z0-9_]*)\}$")
 #: Tag values we accept from a topic: printable, no MQTT wildcards, bounded.
-_MAX_SEGMENT = 128
+MAX_SEGMENT = 128
 
 
 class TopicError(ValueError):
@@ -39,6 +39,43 @@ class TopicInfo:
     sensor_id: str
 
 
+def split_pattern(pattern: str) -> tuple[tuple[str | None, ...], tuple[tuple[int, str], ...]]:
+    """The levels of a topic pattern (a literal, or None for ``{name}`` and ``{_}``)
+    and its captures (level index, name); ValueError on a wildcard or empty level."""
+    levels: list[str | None] = []
+    captures: list[tuple[int, str]] = []
+    for i, part in enumerate(pattern.split("/")):
+        m = _CAPTURE.match(part)
+        if m:
+            levels.append(None)
+            if m.group(1) != "_":
+                captures.append((i, m.group(1)))
+        elif "+" in part or "#" in part or "{" in part or "}" in part or not part:
+            raise ValueError(
+                f"topic pattern {pattern!r}: level {i + 1} ({part!r}) must be a literal, "
+                "'{name}' or '{_}'"
+            )
+        else:
+            levels.append(part)
+    return tuple(levels), tuple(captures)
+
+
+def check_tag(name: str, value: str) -> None:
+    """Raise TopicError ``topic_bad_segment`` unless ``value`` can be a tag: not empty,
+    printable, at most ``MAX_SEGMENT`` characters, no MQTT wildcard."""
+    if (
+        not value
+        or len(value) > MAX_SEGMENT
+        or not value.isprintable()
+        or "+" in value
+        or "#" in value
+    ):
+        raise TopicError(
+            "topic_bad_segment",
+            f"{name} is not a printable tag of <= 128 chars without '+' or '#'",
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class TopicPattern:
     """A compiled topic pattern; ``parse`` is pure and cheap (callers cache it)."""
@@ -49,22 +86,7 @@ class TopicPattern:
 
     @classmethod
     def compile(cls, pattern: str) -> TopicPattern:
-        parts = pattern.split("/")
-        levels: list[str | None] = []
-        captures: list[tuple[int, str]] = []
-        for i, part in enumerate(parts):
-            m = _CAPTURE.match(part)
-            if m:
-                levels.append(None)
-                if m.group(1) != "_":
-                    captures.append((i, m.group(1)))
-            elif "+" in part or "#" in part or "{" in part or "}" in part or not part:
-                raise ValueError(
-                    f"topic pattern {pattern!r}: level {i + 1} ({part!r}) must be a literal, "
-                    "'{name}' or '{_}'"
-                )
-            else:
-                levels.append(part)
+        levels, captures = split_pattern(pattern)
         names = [name for _, name in captures]
         missing = [r for r in _REQUIRED if r not in names]
         if missing:
@@ -74,7 +96,7 @@ class TopicPattern:
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:
             raise ValueError(f"topic pattern {pattern!r} captures {sorted(dupes)} twice")
-        return cls(pattern=pattern, levels=tuple(levels), captures=tuple(captures))
+        return cls(pattern=pattern, levels=levels, captures=captures)
 
     @property
     def subscription(self) -> str:
@@ -101,11 +123,7 @@ class TopicPattern:
             part = parts[i]
             if not part:
                 raise TopicError("topic_bad_segment", f"empty {name}")
-            if len(part) > _MAX_SEGMENT or not part.isprintable() or "+" in part or "#" in part:
-                raise TopicError(
-                    "topic_bad_segment",
-                    f"{name} is not a printable tag of <= 128 chars without '+' or '#'",
-                )
+            check_tag(name, part)
             values[name] = part
         try:
             kind = Kind.parse(values["kind"])
