@@ -13,7 +13,7 @@ import hmac
 import json
 import time
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import urllib3
 
@@ -50,25 +50,26 @@ def _map_severity(payload: Mapping[str, Any], mapping: Mapping[str, str]) -> dic
     out = dict(payload)
     if not mapping:
         return out
-    alerts = []
-    for alert in payload["alerts"]:
-        labels = dict(alert["labels"])
+
+    def mapped(labels: Mapping[str, str]) -> dict[str, str]:
+        labels = dict(labels)
         if labels.get("severity") in mapping:
             labels["severity"] = mapping[labels["severity"]]
-        alerts.append({**alert, "labels": labels})
-    out["alerts"] = alerts
+        return labels
+
+    out["alerts"] = [{**alert, "labels": mapped(alert["labels"])} for alert in payload["alerts"]]
     for key in ("commonLabels", "groupLabels"):
-        labels = dict(out.get(key, {}))
-        if labels.get("severity") in mapping:
-            labels["severity"] = mapping[labels["severity"]]
-        out[key] = labels
+        out[key] = mapped(out.get(key, {}))
     return out
 
 
-class _HttpReceiver:
-    def __init__(self, config: _ReceiverBase) -> None:
+_C = TypeVar("_C", bound=_ReceiverBase)
+
+
+class _HttpReceiver(Generic[_C]):
+    def __init__(self, config: _C) -> None:
         self.name = config.name
-        self._cfg = config
+        self.config = config
         self._pool = urllib3.PoolManager(
             num_pools=2, maxsize=2, retries=False, timeout=urllib3.Timeout(config.timeout_s)
         )
@@ -89,13 +90,13 @@ class _HttpReceiver:
         raise OutputError(f"alert receiver {self.name}: HTTP {status} {text}", status=status)
 
     async def _post(self, url: str, body: bytes, headers: Mapping[str, str]) -> None:
-        delay = self._cfg.backoff_s
-        for attempt in range(self._cfg.retries + 1):
+        delay = self.config.backoff_s
+        for attempt in range(self.config.retries + 1):
             try:
                 await asyncio.to_thread(self._post_once, url, body, headers)
                 return
             except RetryableOutputError:
-                if attempt == self._cfg.retries:
+                if attempt == self.config.retries:
                     raise
             await asyncio.sleep(delay)
             delay *= 2
@@ -104,12 +105,8 @@ class _HttpReceiver:
         self._pool.clear()
 
 
-class WebhookReceiver(_HttpReceiver):
+class WebhookReceiver(_HttpReceiver[WebhookConfig]):
     """POSTs the payload as JSON, signed with ``X-UrbanPulse-Signature`` if a secret is set."""
-
-    def __init__(self, config: WebhookConfig) -> None:
-        super().__init__(config)
-        self.config = config
 
     def encode(self, payload: Mapping[str, Any]) -> tuple[bytes, dict[str, str]]:
         body = json.dumps(
@@ -125,14 +122,13 @@ class WebhookReceiver(_HttpReceiver):
         await self._post(self.config.url, body, headers)
 
 
-class AlertmanagerReceiver(_HttpReceiver):
+class AlertmanagerReceiver(_HttpReceiver[AlertmanagerConfig]):
     """POSTs the payload's alerts to ``/api/v2/alerts``: firing ones with
     ``endsAt = now + expire_s`` (re-sent by the engine every ``resend_interval_s``),
     resolved ones with their real ``endsAt``."""
 
     def __init__(self, config: AlertmanagerConfig, *, clock: Clock | None = None) -> None:
         super().__init__(config)
-        self.config = config
         self._clock = clock or SystemClock()
 
     def encode(self, payload: Mapping[str, Any]) -> bytes:

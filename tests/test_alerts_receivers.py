@@ -35,6 +35,7 @@ from alerts import (
     QueueConfig,
     Route,
     WebhookConfig,
+    WebhookReceiver,
     build_receivers,
 )
 from ingest._mqtt import MqttClient, MqttOptions
@@ -424,3 +425,25 @@ def test_receiver_bug_drops_that_record_and_keeps_going(tmp_path: Path) -> None:
     assert disp.stats["ops"].rejected == 1
     assert disp.stats["ops"].delivered == 1
     assert "KeyError" in disp.stats["ops"].last_error
+
+
+def test_severity_map_rewrites_alert_common_and_group_labels() -> None:
+    cfg = WebhookConfig(name="ops", url="http://unused/", severity_map={"critical": "page"})
+    payload = {
+        "status": "firing",
+        "groupLabels": {"severity": "critical"},
+        "commonLabels": {"severity": "critical", "city": "Jakarta"},
+        "alerts": [
+            {"labels": {"severity": "critical", "sensor_id": "s1"}},
+            {"labels": {"severity": "warning", "sensor_id": "s2"}},
+        ],
+    }
+    body, _ = WebhookReceiver(cfg).encode(payload)
+    sent = json.loads(body)
+    assert [a["labels"] for a in sent["alerts"]] == [
+        {"severity": "page", "sensor_id": "s1"},
+        {"severity": "warning", "sensor_id": "s2"},
+    ]
+    assert sent["commonLabels"] == {"severity": "page", "city": "Jakarta"}
+    assert sent["groupLabels"] == {"severity": "page"}
+    assert payload["alerts"][0]["labels"]["severity"] == "critical"  # the input is not changed
