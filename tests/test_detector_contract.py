@@ -49,7 +49,7 @@ def make(name: str, config: DetectorConfig = FAST) -> DetectorBase:
     return next(d for d in build_detectors(config) if d.name == name)
 
 
-def state(det: DetectorBase) -> dict[str, Any]:
+def state(det: DetectorBase | DetectorSuite) -> dict[str, Any]:
     return {k: v.tolist() for k, v in det.snapshot().items()}
 
 
@@ -125,10 +125,10 @@ def test_suite_refuses_a_snapshot_of_another_config_atomically() -> None:
     small.update(to_batch(STREAM[:HALF]))
     # the bigger suite needs flatline state the smaller one's snapshot lacks
     fresh = DetectorSuite(FAST, registry_for(), ManualClock(T0))
-    untouched = repr({k: v.tolist() for k, v in fresh.snapshot().items()})
+    untouched = state(fresh)
     with pytest.raises(ValueError, match="flatline"):
         fresh.restore(small.snapshot())
-    assert repr({k: v.tolist() for k, v in fresh.snapshot().items()}) == untouched
+    assert same_state(state(fresh), untouched)
     fresh.restore(snap)
 
 
@@ -172,47 +172,33 @@ def test_single_message_batches_match_one_batch() -> None:
 
 # --------------------------------------------------------------------------- flags
 
-FLAGS: list[tuple[str, Callable[[DetectorConfig, bool], DetectorConfig], str]] = [
-    ("range", lambda c, on: replace(c, sensor_fault=replace(c.sensor_fault, enabled=on)), "range"),
-    ("spike", lambda c, on: replace(c, spike=replace(c.spike, enabled=on)), "spike"),
-    ("flatline", lambda c, on: replace(c, flatline=replace(c.flatline, enabled=on)), "flatline"),
-    ("dead", lambda c, on: replace(c, dead_sensor=replace(c.dead_sensor, enabled=on)), "dead"),
-    ("humid_pm", lambda c, on: replace(c, humid_pm=replace(c.humid_pm, enabled=on)), "humid_pm"),
-    (
-        "traffic_state",
-        lambda c, on: replace(c, traffic_state=replace(c.traffic_state, enabled=on)),
-        "congestion",
-    ),
-    (
-        "congestion",
-        lambda c, on: replace(c, traffic_state=replace(c.traffic_state, congestion=on)),
-        "congestion",
-    ),
-    (
-        "level_of_service",
-        lambda c, on: replace(c, traffic_state=replace(c.traffic_state, level_of_service=on)),
-        "level_of_service",
-    ),
-    (
-        "incident",
-        lambda c, on: replace(c, speed_drop=replace(c.speed_drop, enabled=on)),
-        "incident",
-    ),
-    (
-        "loop_health",
-        lambda c, on: replace(c, loop_health=replace(c.loop_health, enabled=on)),
-        "loop_intermittent",
-    ),
-    (
-        "intermittent",
-        lambda c, on: replace(c, loop_health=replace(c.loop_health, intermittent=on)),
-        "loop_intermittent",
-    ),
-    (
-        "constant_occupancy",
-        lambda c, on: replace(c, loop_health=replace(c.loop_health, constant_occupancy=on)),
-        "loop_constant_occupancy",
-    ),
+Toggle = Callable[[DetectorConfig, bool], DetectorConfig]
+
+
+def switch(section: str, flag: str = "enabled") -> Toggle:
+    """Set ``config.<section>.<flag>``."""
+
+    def toggle(c: DetectorConfig, on: bool) -> DetectorConfig:
+        changed: dict[str, Any] = {flag: on}
+        return replace(c, **{section: replace(getattr(c, section), **changed)})
+
+    return toggle
+
+
+#: (flag, how to set it, the event detector it switches)
+FLAGS: list[tuple[str, Toggle, str]] = [
+    ("range", switch("sensor_fault"), "range"),
+    ("spike", switch("spike"), "spike"),
+    ("flatline", switch("flatline"), "flatline"),
+    ("dead", switch("dead_sensor"), "dead"),
+    ("humid_pm", switch("humid_pm"), "humid_pm"),
+    ("traffic_state", switch("traffic_state"), "congestion"),
+    ("congestion", switch("traffic_state", "congestion"), "congestion"),
+    ("level_of_service", switch("traffic_state", "level_of_service"), "level_of_service"),
+    ("incident", switch("speed_drop"), "incident"),
+    ("loop_health", switch("loop_health"), "loop_intermittent"),
+    ("intermittent", switch("loop_health", "intermittent"), "loop_intermittent"),
+    ("constant_occupancy", switch("loop_health", "constant_occupancy"), "loop_constant_occupancy"),
 ]
 
 
@@ -228,9 +214,7 @@ def suite_events(config: DetectorConfig) -> tuple[DetectorSuite, list[Any], np.n
 
 
 @pytest.mark.parametrize(("flag", "toggle", "detector"), FLAGS, ids=[f[0] for f in FLAGS])
-def test_flag_both_ways(
-    flag: str, toggle: Callable[[DetectorConfig, bool], DetectorConfig], detector: str
-) -> None:
+def test_flag_both_ways(flag: str, toggle: Toggle, detector: str) -> None:
     _, on, _ = suite_events(toggle(FAST, True))
     _, off, _ = suite_events(toggle(FAST, False))
     assert any(e.detector == detector for e in on), flag
@@ -280,9 +264,7 @@ def test_suite_snapshot_restore_and_split() -> None:
     for split in SPLITS:
         restored, got = suite_run([], restore_at=split)
         assert got == want
-        assert repr({k: v.tolist() for k, v in restored.snapshot().items()}) == repr(
-            {k: v.tolist() for k, v in whole.snapshot().items()}
-        )
+        assert same_state(state(restored), state(whole))
     assert {e.detector for e in want} >= {"range", "spike", "flatline", "dead", "incident"}
     assert whole.state_nbytes > 0
 
