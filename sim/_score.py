@@ -158,44 +158,37 @@ def _episodes(
     return _Episodes(picked, lo, np.array([hi[i] for i in keep], dtype=np.int64))
 
 
-def _match(
-    ep: _Episodes,
-    ei: NDArray[np.intp],
-    labels: Sequence[Label],
-    li: NDArray[np.intp],
-    tol_ns: _I64,
-    *,
-    exact: bool = True,
-) -> NDArray[np.bool_]:
-    """``(len(ei), len(li))``: episode ``ei[k]`` overlaps label ``li[j]`` widened by
-    ``tol_ns[j]`` on both sides, on the same sensor (a district-scope event,
-    without sensor, on any sensor of its district); with ``exact``, lanes and
-    metrics must agree too (0 / "" = any)."""
-    evs = [ep.events[i] for i in ei.tolist()]
-    labs = [labels[j] for j in li.tolist()]
-    if not evs or not labs:
-        return np.zeros((len(evs), len(labs)), np.bool_)
-    codes: dict[str, int] = {}
+_SENSOR, _DISTRICT, _METRIC, _LANE = range(4)
+
+
+def _keys(items: Sequence[Event] | Sequence[Label], codes: dict[str, int]) -> _I64:
+    """``(len(items), 4)``: sensor, district and metric as codes that events and
+    labels share ("" is -1), and the lane."""
 
     def code(text: str) -> int:
         return codes.setdefault(text, len(codes))
 
-    e_sensor = np.array([code("s:" + e.sensor_id) for e in evs])[:, None]
-    e_district = np.array([code("d:" + e.district) for e in evs])[:, None]
-    e_scope = np.array([e.sensor_id == "" for e in evs])[:, None]
-    l_sensor = np.array([code("s:" + lb.sensor_id) for lb in labs])[None, :]
-    l_district = np.array([code("d:" + lb.district) for lb in labs])[None, :]
-    ok: NDArray[np.bool_] = np.where(e_scope, e_district == l_district, e_sensor == l_sensor)
-    lo = np.array([lb.start_ns for lb in labs], dtype=np.int64) - tol_ns
-    hi = np.array([lb.end_ns for lb in labs], dtype=np.int64) + tol_ns
-    ok &= (ep.lo[ei][:, None] <= hi[None, :]) & (ep.hi[ei][:, None] >= lo[None, :])
+    rows = [(code(x.sensor_id), code(x.district), code(x.metric), x.lane) for x in items]
+    return np.array(rows, dtype=np.int64).reshape(-1, 4)
+
+
+def _match(
+    ev: _I64, ev_lo: _I64, ev_hi: _I64, lab: _I64, lab_lo: _I64, lab_hi: _I64, *, exact: bool
+) -> NDArray[np.bool_]:
+    """``(events, labels)``: episode ``[ev_lo, ev_hi]`` overlaps label ``[lab_lo,
+    lab_hi]`` (already widened by the tolerance) on the same sensor (a
+    district-scope event, without sensor, on any sensor of its district); with
+    ``exact``, lanes and metrics must agree too (0 / "" = any). ``ev`` and
+    ``lab`` are rows of :func:`_keys`."""
+    e, lb = ev[:, None, :], lab[None, :, :]
+    same = e == lb
+    ok: NDArray[np.bool_] = np.where(
+        e[..., _SENSOR] == -1, same[..., _DISTRICT], same[..., _SENSOR]
+    )
+    ok &= (ev_lo[:, None] <= lab_hi[None, :]) & (ev_hi[:, None] >= lab_lo[None, :])
     if exact:
-        e_lane = np.array([e.lane for e in evs])[:, None]
-        l_lane = np.array([lb.lane for lb in labs])[None, :]
-        ok &= (e_lane == 0) | (l_lane == 0) | (e_lane == l_lane)
-        e_metric = np.array([code("m:" + e.metric) if e.metric else -1 for e in evs])[:, None]
-        l_metric = np.array([code("m:" + lb.metric) if lb.metric else -1 for lb in labs])[None, :]
-        ok &= (e_metric < 0) | (l_metric < 0) | (e_metric == l_metric)
+        ok &= (e[..., _LANE] == 0) | (lb[..., _LANE] == 0) | same[..., _LANE]
+        ok &= (e[..., _METRIC] == -1) | (lb[..., _METRIC] == -1) | same[..., _METRIC]
     return ok
 
 
@@ -228,39 +221,40 @@ def score_detections(
         detectors = sorted(names)
     days = (end_ns - start_ns) / 86_400e9
     ev_det = np.array([e.detector for e in ep.events], dtype=object)
-    all_i = np.arange(len(every), dtype=np.intp)
+    codes = {"": -1}
+    ev_keys, lab_keys = _keys(ep.events, codes), _keys(every, codes)
+    lab_start = np.array([lb.start_ns for lb in every], dtype=np.int64)
+    lab_end = np.array([lb.end_ns for lb in every], dtype=np.int64)
+    never = np.iinfo(np.int64).max
 
     rows = []
     for det in detectors:
         tol = _tolerance(tolerance_s, det)
-
-        def tols(idx: NDArray[np.intp], det: str = det) -> _I64:
-            return np.array(
-                [round(_tolerance(tolerance_s, det, every[j].fault) * 1e9) for j in idx.tolist()],
-                dtype=np.int64,
-            )
-
         li = np.array([i for i, lb in enumerate(every) if det in lb.detectors], dtype=np.intp)
         ei = np.flatnonzero(ev_det == det).astype(np.intp)
-        hit = _match(ep, ei, every, li, tols(li))
-        matched_events = int(hit.any(axis=1).sum()) if hit.size else 0
+        ev, ev_lo, ev_hi = ev_keys[ei], ep.lo[ei], ep.hi[ei]
+        tol_ns = np.array(
+            [round(_tolerance(tolerance_s, det, every[j].fault) * 1e9) for j in li.tolist()],
+            dtype=np.int64,
+        )
+        lo, hi = lab_start[li], lab_end[li]
+        hit = _match(ev, ev_lo, ev_hi, lab_keys[li], lo - tol_ns, hi + tol_ns, exact=True)
+        matched_events = int(hit.any(axis=1).sum())
         # Recall over ``labels`` only; delay from each label's first overlapping episode.
         own = li < len(labels)
-        lab_hit = hit[:, own] if hit.size else np.zeros((ei.shape[0], int(own.sum())), np.bool_)
-        lab_lo = np.array([every[j].start_ns for j in li[own].tolist()], dtype=np.int64)
-        lab_tol = tols(li[own])
-        first = np.where(lab_hit, ep.lo[ei][:, None], np.iinfo(np.int64).max).min(
-            axis=0, initial=np.iinfo(np.int64).max
-        )
-        detected_mask = first != np.iinfo(np.int64).max
-        delay_ns = first[detected_mask] - lab_lo[detected_mask]
+        first = np.where(hit[:, own], ev_lo[:, None], never).min(axis=0, initial=never)
+        detected_mask = first != never
+        delay_ns = first[detected_mask] - lo[own][detected_mask]
         # an episode already running before the label (and its early tolerance)
         # flagged it from its first moment
-        delay_ns = np.where(delay_ns < -lab_tol[detected_mask], 0, delay_ns)
+        delay_ns = np.where(delay_ns < -tol_ns[own][detected_mask], 0, delay_ns)
         delays_s = delay_ns.astype(np.float64) / 1e9
         # Clean data: episodes overlapping no label of their sensor at all.
-        near = _match(ep, ei, every, all_i, np.full(len(every), round(tol * 1e9)), exact=False)
-        clean = int(ei.shape[0] - (near.any(axis=1).sum() if near.size else 0))
+        tol_all = round(tol * 1e9)
+        near = _match(
+            ev, ev_lo, ev_hi, lab_keys, lab_start - tol_all, lab_end + tol_all, exact=False
+        )
+        clean = int(ei.shape[0] - near.any(axis=1).sum())
         n_lab, n_ev, detected = int(own.sum()), int(ei.shape[0]), int(detected_mask.sum())
         precision = matched_events / n_ev if n_ev else math.nan
         recall = detected / n_lab if n_lab else math.nan
