@@ -239,17 +239,14 @@ class FaultPlan:
         sel = code == HAZE
         if sel.any():
             r, s = rows[sel], spans[sel]
-            ramp = sp.b[s]
-            edge = np.minimum(t_ns[r] - sp.lo[s], sp.hi[s] - t_ns[r]).astype(np.float64)
-            env = np.where(ramp > 0, np.clip(edge / np.maximum(ramp, 1.0), 0.0, 1.0), 1.0)
+            env = _envelope(sp, s, t_ns[r], sp.b[s])
             np.add.at(cols.pm25, r, sp.a[s] * env)
             np.add.at(cols.pm10, r, 1.15 * sp.a[s] * env)
         sel = code == FOG
         if sel.any():
             r, s = rows[sel], spans[sel]
             wander = 1.5 * unit_uniform(derive(self._slot_key(stream[r], t_ns[r]), 73))
-            edge = np.minimum(t_ns[r] - sp.lo[s], sp.hi[s] - t_ns[r]).astype(np.float64)
-            env = np.clip(edge / _FOG_RAMP_NS, 0.0, 1.0)
+            env = _envelope(sp, s, t_ns[r], _FOG_RAMP_NS)
             rh = cols.relative_humidity[r]
             cols.relative_humidity[r] = np.maximum(rh, rh + (sp.b[s] - wander - rh) * env)
             factor = 1.0 + (sp.a[s] - 1.0) * env
@@ -290,6 +287,13 @@ class FaultPlan:
             cols.occupancy[r] = np.minimum(cols.occupancy[r] + (0.8 - cols.occupancy[r]) * sv, 0.95)
             cols.intensity[r] = np.rint(cols.intensity[r] * (1.0 - 0.5 * sv)).astype(np.int64)
         _set_metrics(sp, rows, spans, code, _TRAFFIC_ATTR, cols, integer=(Metric.INTENSITY,))
+
+
+def _envelope(sp: _Spans, spans: NDArray[np.intp], t_ns: _I64, ramp_ns: _F64 | int) -> _F64:
+    """0 at the edges of each span rising linearly to 1 at ``ramp_ns`` inside them
+    (1 throughout where ``ramp_ns`` is 0)."""
+    edge = np.minimum(t_ns - sp.lo[spans], sp.hi[spans] - t_ns).astype(np.float64)
+    return np.where(ramp_ns > 0, np.clip(edge / np.maximum(ramp_ns, 1.0), 0.0, 1.0), 1.0)
 
 
 def _set_metrics(
