@@ -76,10 +76,14 @@ def test_ack_silence_and_alert_metrics(tmp_path: Path) -> None:
         assert (await _call(port, f"/api/alerts/{fp}/ack", "POST", "[1]"))[0] == 400
 
         status, doc = await _call(
-            port, f"/api/alerts/{fp}/silence", "POST", {"by": "rina", "duration_s": 600}
+            port,
+            f"/api/alerts/{fp}/silence",
+            "POST",
+            {"by": "rina", "duration_s": 600, "comment": "road works"},
         )
         assert status == 200
         assert "sensor_id=aq-1" in doc["matchers"]
+        assert (doc["created_by"], doc["comment"]) == ("rina", "road works")
         assert doc["ends_ns"] - doc["starts_ns"] == 600 * 10**9
         assert dispatcher.engine.silenced(by_sensor["aq-1"]["labels"])
         assert not dispatcher.engine.silenced(by_sensor["aq-2"]["labels"])

@@ -15,7 +15,7 @@ from typing import Any, Final
 import numpy as np
 import orjson
 
-from alerts import AlertDispatcher, Matcher
+from alerts import AlertDispatcher, Matcher, Silence
 from ingest._buffer import RawBatch
 from processors._indices import AQI_CATEGORIES, ISPU_CATEGORIES, LOS_LETTERS
 from urbanpulse._clock import Clock
@@ -108,6 +108,15 @@ _VOCABULARY: Final = {
     ],
     "los_letters": list(LOS_LETTERS),
 }
+
+
+def _silence_json(silence: Silence) -> dict[str, Any]:
+    return {
+        "id": silence.id,
+        "matchers": [str(m) for m in silence.matchers],
+        "starts_ns": silence.starts_ns,
+        "ends_ns": silence.ends_ns,
+    }
 
 
 class WebServer:
@@ -254,9 +263,13 @@ class WebServer:
             client.ready.set()
         return msg
 
+    def _refresh_all(self) -> None:
+        """Recompute the indices of every sensor row (before a full view)."""
+        self.live.refresh_indices(self.pipeline.indices, np.arange(len(self.live), dtype=np.int64))
+
     def snapshot(self) -> dict[str, Any]:
         live = self.live
-        live.refresh_indices(self.pipeline.indices, np.arange(len(live), dtype=np.int64))
+        self._refresh_all()
         n = len(live)
         return {
             **_VOCABULARY,
@@ -381,9 +394,7 @@ class WebServer:
         if path.startswith("/api/sensors/"):
             return self._sensor(path[len("/api/sensors/") :])
         if path == "/api/districts":
-            self.live.refresh_indices(
-                self.pipeline.indices, np.arange(len(self.live), dtype=np.int64)
-            )
+            self._refresh_all()
             return Response.json(200, {"districts": self._district_rows()})
         if path == "/api/alerts":
             return self._alerts()
@@ -424,9 +435,8 @@ class WebServer:
         return Response.json(200 if ok else 503, {"ready": ok, "checks": checks})
 
     def _sensors(self, req: Request) -> Response:
-        live = self.live
-        self.live.refresh_indices(self.pipeline.indices, np.arange(len(live), dtype=np.int64))
-        rows = live.sensor_rows()
+        self._refresh_all()
+        rows = self.live.sensor_rows()
         for name in ("kind", "district", "city"):
             want = req.param(name)
             if want is not None:
@@ -470,15 +480,7 @@ class WebServer:
             )
         except (ConfigError, TypeError, ValueError) as exc:
             return Response.error(400, str(exc))
-        return Response.json(
-            200,
-            {
-                "id": silence.id,
-                "matchers": [str(m) for m in silence.matchers],
-                "starts_ns": silence.starts_ns,
-                "ends_ns": silence.ends_ns,
-            },
-        )
+        return Response.json(200, _silence_json(silence))
 
     def _alert_action(self, req: Request, path: str) -> Response:
         """``POST /api/alerts/{fingerprint}/ack`` ``{"by", "comment"}`` and
@@ -521,17 +523,9 @@ class WebServer:
         except UrbanPulseError as exc:
             status = 404 if str(exc).startswith("no alert") else 400
             return Response.error(status, str(exc))
-        return Response.json(
-            200,
-            {
-                "id": silence.id,
-                "matchers": [str(m) for m in silence.matchers],
-                "starts_ns": silence.starts_ns,
-                "ends_ns": silence.ends_ns,
-                "created_by": silence.created_by,
-                "comment": silence.comment,
-            },
-        )
+        doc = _silence_json(silence)
+        doc.update(created_by=silence.created_by, comment=silence.comment)
+        return Response.json(200, doc)
 
     @staticmethod
     def _alert_json(alert: Any) -> dict[str, Any]:
