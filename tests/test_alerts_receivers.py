@@ -429,7 +429,7 @@ def test_receiver_bug_drops_that_record_and_keeps_going(tmp_path: Path) -> None:
 
 def test_severity_map_rewrites_alert_common_and_group_labels() -> None:
     cfg = WebhookConfig(name="ops", url="http://unused/", severity_map={"critical": "page"})
-    payload = {
+    payload: dict[str, Any] = {
         "status": "firing",
         "groupLabels": {"severity": "critical"},
         "commonLabels": {"severity": "critical", "city": "Jakarta"},
