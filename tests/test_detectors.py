@@ -572,6 +572,15 @@ def table_state(
     return out
 
 
+def series_state(
+    det: Any, table: str, metric: Metric, cols: Sequence[str], *, n_sid: int = 5
+) -> dict[int, Any]:
+    """``table_state`` of a per-series table (any covered ``metric`` finds the
+    row), keyed by series id."""
+    got = table_state(det, table, cols, [(s, metric) for s in range(n_sid)])
+    return {s: v for (s, _), v in got.items()}
+
+
 def all_keys(msgs: Sequence[Message]) -> list[tuple[int, Metric]]:
     return sorted({(s, m) for s, _, vals in msgs for m in vals})
 
@@ -739,18 +748,8 @@ def test_dead_matches_reference(
             got_parts += records(det.check(wm))
     want, state = ref_dead(steps, DEAD_CFG)
     assert got_parts == want
-    t = det.tables["dead"]
-    got_state = {}
-    for s in range(5):
-        row = t.row_of(s, Metric.PM25)
-        if row is not None:
-            got_state[s] = (
-                int(t.cols["last_ns"][row]),
-                float(t.cols["interval_s"][row]),
-                int(t.cols["n"][row]),
-                bool(t.cols["dead"][row]),
-            )
-    assert got_state == state
+    got_state = series_state(det, "dead", Metric.PM25, ("last_ns", "interval_s", "n", "dead"))
+    assert {k: (*v[:3], bool(v[3])) for k, v in got_state.items()} == state
 
 
 @HYP
@@ -771,18 +770,10 @@ def test_humid_matches_reference(data: tuple[list[Message], list[int]]) -> None:
         offset += len(batch)
     assert got == want
     assert flags == want_flags
-    t = det.tables["humid"]
-    got_state = {}
-    for s in range(3):
-        row = t.row_of(s, Metric.RELATIVE_HUMIDITY)
-        if row is not None:
-            got_state[s] = (
-                repr(float(t.cols["rh"][row])),
-                int(t.cols["rh_s"][row]),
-                int(t.cols["run"][row]),
-                bool(t.cols["active"][row]),
-            )
-    assert got_state == state
+    got_state = series_state(
+        det, "humid", Metric.RELATIVE_HUMIDITY, ("rh", "rh_s", "run", "active"), n_sid=3
+    )
+    assert {k: (repr(v[0]), v[1], v[2], bool(v[3])) for k, v in got_state.items()} == state
 
 
 @HYP
@@ -795,18 +786,9 @@ def test_traffic_state_matches_reference(
     det = TrafficStateDetector(TRAFFIC_CFG)
     want, state = ref_traffic_state(msgs, TRAFFIC_CFG)
     assert records(run_batches(det, msgs, cuts)) == want
-    t = det.tables["traffic"]
-    got_state = {}
-    for s in range(5):
-        row = t.row_of(s, Metric.AVERAGE_VEHICLE_SPEED)
-        if row is not None:
-            got_state[s] = (
-                int(t.cols["total"][row]),
-                repr(float(t.cols["free_flow"][row])),
-                int(t.cols["los"][row]),
-                bool(t.cols["congested"][row]),
-            )
-    assert got_state == state
+    cols = ("total", "free_flow", "los", "congested")
+    got_state = series_state(det, "traffic", Metric.AVERAGE_VEHICLE_SPEED, cols)
+    assert {k: (v[0], repr(v[1]), v[2], bool(v[3])) for k, v in got_state.items()} == state
 
 
 @HYP
@@ -816,12 +798,8 @@ def test_speed_drop_matches_reference(data: tuple[list[Message], list[int]]) -> 
     det = SpeedDropDetector(DROP_CFG)
     want, state = ref_speed_drop(msgs, DROP_CFG)
     assert records(run_batches(det, msgs, cuts)) == want
-    t = det.tables["speed"]
-    got_state = {}
-    for s in range(5):
-        row = t.row_of(s, Metric.AVERAGE_VEHICLE_SPEED)
-        if row is not None:
-            got_state[s] = tuple(t.cols[c][row].item() for c in ("baseline", "n", "bits", "active"))
+    cols = ("baseline", "n", "bits", "active")
+    got_state = series_state(det, "speed", Metric.AVERAGE_VEHICLE_SPEED, cols)
     assert {k: (*v[:3], bool(v[3])) for k, v in got_state.items()} == state
 
 
@@ -832,20 +810,10 @@ def test_loop_health_matches_reference(data: tuple[list[Message], list[int]]) ->
     det = LoopHealthDetector(LOOP_CFG)
     want, state = ref_loop(msgs, LOOP_CFG)
     assert records(run_batches(det, msgs, cuts)) == want
-    t = det.tables["loop"]
-    got_state = {}
-    for s in range(5):
-        row = t.row_of(s, Metric.OCCUPANCY)
-        if row is not None:
-            act = int(t.cols["active"][row])
-            got_state[s] = (
-                int(t.cols["zero_run"][row]),
-                float(t.cols["occ"][row]),
-                int(t.cols["occ_run"][row]),
-                bool(act & 1),
-                bool(act & 2),
-            )
-    assert got_state == state
+    got_state = series_state(
+        det, "loop", Metric.OCCUPANCY, ("zero_run", "occ", "occ_run", "active")
+    )
+    assert {k: (*v[:3], bool(v[3] & 1), bool(v[3] & 2)) for k, v in got_state.items()} == state
 
 
 # --------------------------------------------------------------------------- targeted
