@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -598,26 +599,7 @@ def run_batches(det: Any, msgs: Sequence[Message], cuts: Sequence[int]) -> Detec
     for a, b in bounds:
         batch = to_batch(msgs[a:b])
         found = det.update(batch)
-        parts.append(
-            Detections(
-                found.row + offset,
-                *(
-                    getattr(found, c)
-                    for c in (
-                        "sid",
-                        "metric",
-                        "code",
-                        "state",
-                        "ts_ns",
-                        "value",
-                        "score",
-                        "ref",
-                        "label",
-                        "det",
-                    )
-                ),
-            )
-        )
+        parts.append(replace(found, row=found.row + offset))
         offset += len(batch)
     return Detections.concat(parts)
 
