@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
 
 from processors._indices import aqi, ispu, nowcast
@@ -66,6 +67,9 @@ CONDITION_DETECTORS: Final[dict[str, tuple[str, ...]]] = {
 
 _S: Final = 1_000_000_000
 _HOUR_NS: Final = 3600 * _S
+#: Hourly means an ISPU day needs (of 24).
+_ISPU_MIN_HOURS: Final = 18
+_F64 = NDArray[np.float64]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -112,6 +116,16 @@ def runs(
         row, start, stop = row[keep_start], start[keep_start], stop[keep_stop]
     long = stop - start >= min_length
     return row[long], start[long], stop[long]
+
+
+def _trailing_day(per_step: _F64, n_hours: int) -> _F64:
+    """``(n, n_hours x steps per hour)`` -> ``(n x n_hours, 24)``: at the end of each
+    hour its mean and the means of the 23 hours before it, newest first (NaN
+    before the first hour); rows are hours within sensors."""
+    n = per_step.shape[0]
+    hourly = per_step.reshape(n, n_hours, -1).mean(axis=2)
+    padded = np.concatenate([np.full((n, 23), np.nan), hourly], axis=1)
+    return sliding_window_view(padded, 24, axis=1)[:, :, ::-1].reshape(-1, 24)
 
 
 def _world(scenario: Scenario | None) -> Scenario | None:
@@ -180,10 +194,12 @@ def condition_labels(
         row, a, b = runs(mask, merge_gap=merge, min_length=least)
         emit(streams, fault, row, grid[a], np.minimum(grid[b - 1] + step_ns, end_ns), lanes=lanes)
 
+    def on_grid(streams: NDArray[np.intp]) -> tuple[NDArray[np.intp], NDArray[np.int64]]:
+        return np.repeat(streams, n_steps), np.tile(grid, streams.shape[0])
+
     air = np.flatnonzero(fleet.kind == Kind.AIR)
     if air.shape[0]:
-        stream = np.repeat(air, n_steps)
-        ts = np.tile(grid, air.shape[0])
+        stream, ts = on_grid(air)
         cols = vm.air(stream, ts, gases=np.zeros(stream.shape[0], np.bool_))
         if plan is not None:
             plan.apply_air(stream, ts, cols)
@@ -197,60 +213,44 @@ def condition_labels(
         per_hour = round(3600 / o.step_s)
         n_hours = n_steps // per_hour
         if n_hours:
-            h25 = cols.pm25.reshape(shape)[:, : n_hours * per_hour]
-            h10 = cols.pm10.reshape(shape)[:, : n_hours * per_hour]
-            h25 = h25.reshape(air.shape[0], n_hours, per_hour).mean(axis=2)
-            h10 = h10.reshape(air.shape[0], n_hours, per_hour).mean(axis=2)
             # index at the end of hour h (a value from hour h + 1's start on)
-            bad_aqi = np.zeros((air.shape[0], n_hours), np.bool_)
-            bad_ispu = np.zeros((air.shape[0], n_hours), np.bool_)
-            for h in range(n_hours):
-                past = np.full((air.shape[0], 24), np.nan)
-                lo = max(0, h - 23)
-                past[:, : h - lo + 1] = h25[:, lo : h + 1][:, ::-1]
-                past10 = np.full((air.shape[0], 24), np.nan)
-                past10[:, : h - lo + 1] = h10[:, lo : h + 1][:, ::-1]
-                a = aqi({"pm25": nowcast(past[:, :12]), "pm10": nowcast(past10[:, :12])})
-                bad_aqi[:, h] = a.index > o.unhealthy_index
-                if h + 1 >= 18:
-                    day25 = np.nanmean(past, axis=1)
-                    day10 = np.nanmean(past10, axis=1)
-                    i = ispu({"pm25": day25, "pm10": day10})
-                    bad_ispu[:, h] = i.index > o.unhealthy_index
+            day25, day10 = (
+                _trailing_day(pm.reshape(shape)[:, : n_hours * per_hour], n_hours)
+                for pm in (cols.pm25, cols.pm10)
+            )
+            a = aqi({"pm25": nowcast(day25[:, :12]), "pm10": nowcast(day10[:, :12])})
+            bad_aqi = (a.index > o.unhealthy_index).reshape(air.shape[0], n_hours)
+            i = ispu({"pm25": np.nanmean(day25, axis=1), "pm10": np.nanmean(day10, axis=1)})
+            bad_ispu = (i.index > o.unhealthy_index).reshape(air.shape[0], n_hours)
+            bad_ispu[:, : _ISPU_MIN_HOURS - 1] = False
             hour_ns = start_ns + (np.arange(n_hours + 1, dtype=np.int64) + 1) * _HOUR_NS
             hour_ns = np.minimum(hour_ns, end_ns)
             for fault, bad in (("aqi_unhealthy", bad_aqi), ("ispu_unhealthy", bad_ispu)):
                 row, a_h, b_h = runs(bad)
                 emit(air, fault, row, hour_ns[a_h], hour_ns[b_h], lanes=False)
 
-    lanes = np.flatnonzero(fleet.kind == Kind.TRAFFIC)
-    if lanes.shape[0]:
-        stream = np.repeat(lanes, n_steps)
-        ts = np.tile(grid, lanes.shape[0])
-        tcols = vm.traffic(stream, ts)
+    def traffic(model: ValueModel, stream: NDArray[np.intp], ts: NDArray[np.int64]) -> _F64:
+        tcols = model.traffic(stream, ts)
         if plan is not None:
             plan.apply_traffic(stream, ts, tcols)
-        noisy_cols = ValueModel(fleet).traffic(stream, ts)
-        if plan is not None:
-            plan.apply_traffic(stream, ts, noisy_cols)
-        noisy = noisy_cols.average_vehicle_speed
+        return tcols.average_vehicle_speed
+
+    lanes = np.flatnonzero(fleet.kind == Kind.TRAFFIC)
+    if lanes.shape[0]:
+        stream, ts = on_grid(lanes)
         hour = local_hour(ts)
         off_lo, off_hi = o.offpeak_hours
-        off = (
+        off = np.flatnonzero(
             (hour >= off_lo) | (hour < off_hi)
             if off_lo > off_hi
             else (hour >= off_lo) & (hour < off_hi)
         )
+        # free flow from the noisy model, which is needed off-peak only
+        noisy = np.full(stream.shape[0], np.nan)
+        noisy[off] = traffic(ValueModel(fleet), stream[off], ts[off])
         shape = (lanes.shape[0], n_steps)
-        free = np.nanquantile(
-            np.where(off, noisy, np.nan).reshape(shape), o.free_flow_quantile, axis=1
-        )
-        ratio = tcols.average_vehicle_speed.reshape(shape) / free[:, None]
-        emit_grid(
-            lanes,
-            "slow_traffic",
-            ratio < o.congested_ratio,
-            lanes=True,
-        )
+        free = np.nanquantile(noisy.reshape(shape), o.free_flow_quantile, axis=1)
+        ratio = traffic(vm, stream, ts).reshape(shape) / free[:, None]
+        emit_grid(lanes, "slow_traffic", ratio < o.congested_ratio, lanes=True)
     out.sort(key=lambda lb: (lb.start_ns, lb.sensor_id, lb.lane, lb.fault))
     return out

@@ -84,6 +84,9 @@ def test_world_events_of_a_scenario_make_conditions_and_sensor_faults_do_not(fle
 
     assert hours(hazy, "aqi_unhealthy", "cikaso") > hours(base, "aqi_unhealthy", "cikaso") + 30
     assert hours(hazy, "ispu_unhealthy", "cikaso") > hours(base, "ispu_unhealthy", "cikaso")
+    # an ISPU day needs 18 hourly means: none from the first 17 hours of haze
+    ispu_from = min(lb.start_ns for lb in hazy if lb.fault == "ispu_unhealthy")
+    assert ispu_from == START + 18 * HOUR
     assert hours(hazy, "aqi_unhealthy", "margaluyu") == hours(base, "aqi_unhealthy", "margaluyu")
     fog = Scenario(faults=[FogFault(district="cikaso", start_s=12 * 3600, duration_s=3 * 3600)])
     foggy = condition_labels(fleet, start_ns=START, end_ns=end, scenario=fog)
