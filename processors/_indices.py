@@ -71,7 +71,7 @@ from typing import Final, Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from processors._rolling import RollingHours, RollingSpec
+from processors._rolling import RollingHours, RollingSpec, _grow
 from urbanpulse._batch import ReadingBatch, SeriesRegistry
 from urbanpulse._clock import Clock, SystemClock
 from urbanpulse._events import Event, Severity
@@ -905,15 +905,11 @@ class IndexTracker:
 
     def _reserve(self, n_sid: int) -> None:
         self._sensors.reserve(n_sid)
-        have = self._sid_district.shape[0]
-        if n_sid > have:
-            n = self._sensors.n
-            grown = np.full(n, _UNMAPPED, np.int32)
-            grown[:have] = self._sid_district
-            self._sid_district = grown
-            hours = np.full(n, -1, np.int64)
-            hours[:have] = self._last_hour
-            self._last_hour = hours
+        n = self._sensors.n
+        if n > self._sid_district.shape[0]:
+            self._sid_district = _grow(self._sid_district, n, _UNMAPPED)
+            self._last_hour = _grow(self._last_hour, n, -1)
+            self._pending_ts = _grow(self._pending_ts, n, _I64_MIN)
 
     def _map_districts(self, sid: I64) -> None:
         """District id of sids not looked up yet (one registry lookup per series)."""
@@ -984,10 +980,6 @@ class IndexTracker:
         if bool(tracked.any()):
             sid_all = batch.sid[tracked].astype(np.int64)
             self._reserve(int(sid_all.max()) + 1)
-            if self._pending_ts.shape[0] < self._last_hour.shape[0]:
-                grown = np.full(self._last_hour.shape[0], _I64_MIN, np.int64)
-                grown[: self._pending_ts.shape[0]] = self._pending_ts
-                self._pending_ts = grown
             np.maximum.at(self._pending_ts, sid_all, batch.ts_ns[tracked])
         return too_old
 
@@ -1200,16 +1192,14 @@ class IndexTracker:
         clock: Clock | None = None,
     ) -> IndexTracker:
         tracker = cls(registry, config=config, clock=clock)
-        rolling = RollingHours.restore(
-            {k.removeprefix("rolling."): v for k, v in snap.items() if k.startswith("rolling.")}
-        )
-        if rolling.spec != tracker.rolling.spec:
-            raise ValueError("snapshot was taken with other averaging periods")
-        tracker.rolling = rolling
 
         def group(prefix: str) -> dict[str, NDArray[np.generic]]:
             return {k.removeprefix(prefix): v for k, v in snap.items() if k.startswith(prefix)}
 
+        rolling = RollingHours.restore(group("rolling."))
+        if rolling.spec != tracker.rolling.spec:
+            raise ValueError("snapshot was taken with other averaging periods")
+        tracker.rolling = rolling
         sensors = group("sensor.")
         if np.asarray(sensors["ispu_sub"]).shape[1:] != (len(tracker.ispu_pollutants),):
             raise ValueError("snapshot was taken with another ISPU pollutant list")
