@@ -95,6 +95,7 @@ __all__ = [
     "format_streams",
     "format_timestamps",
     "format_topics",
+    "object_array",
     "radio_noise",
     "wire_sensor_ids",
 ]
@@ -177,20 +178,13 @@ def encode_air(
     ts_format: TimestampFormat = "epoch_s",
 ) -> list[bytes]:
     """Payloads of air messages; ``full`` rows carry all gases, the others PM + T/RH only."""
-    n = ts_ns.shape[0]
-    full_idx = np.flatnonzero(full)
-    if full_idx.shape[0] == n:
-        return _encode_lines(_air_lines(ts_ns, values, None, ts_format, gases=True))
-    if full_idx.shape[0] == 0:
-        return _encode_lines(_air_lines(ts_ns, values, None, ts_format, gases=False))
-    lines = np.empty(n, dtype=object)
-    part_idx = np.flatnonzero(~full)
-    lines[full_idx] = _objects(_air_lines(ts_ns, values, full_idx, ts_format, gases=True))
-    lines[part_idx] = _objects(_air_lines(ts_ns, values, part_idx, ts_format, gases=False))
-    return _encode_lines(lines.tolist())
+    return _split_full(
+        full, lambda idx, gases: _air_lines(ts_ns, values, idx, ts_format, gases=gases)
+    )
 
 
-def _objects(items: list[str]) -> NDArray[np.object_]:
+def object_array(items: Sequence[str] | Sequence[bytes]) -> NDArray[np.object_]:
+    """A 1-D object array of ``items`` (``np.array`` would make a fixed-width string array)."""
     out = np.empty(len(items), dtype=object)
     out[:] = items
     return out
@@ -199,15 +193,15 @@ def _objects(items: list[str]) -> NDArray[np.object_]:
 def _air_lines(
     ts_ns: NDArray[np.int64],
     values: AirColumns,
-    idx: NDArray[np.intp] | None,
+    idx: NDArray[np.intp],
     ts_format: TimestampFormat,
     *,
     gases: bool,
 ) -> list[str]:
     def col(c: NDArray[np.float64], decimals: int) -> list[str]:
-        return format_fixed(c if idx is None else c[idx], decimals)
+        return format_fixed(c[idx], decimals)
 
-    ts = format_timestamps(ts_ns if idx is None else ts_ns[idx], ts_format)
+    ts = format_timestamps(ts_ns[idx], ts_format)
     pm25 = col(values.pm25, 1)
     pm10 = col(values.pm10, 1)
     temp = col(values.temperature, 2)
@@ -417,8 +411,8 @@ def _split_full(
         return _encode_lines(make(np.arange(n, dtype=np.intp), False))
     lines = np.empty(n, dtype=object)
     part_idx = np.flatnonzero(~full)
-    lines[full_idx] = _objects(make(full_idx, True))
-    lines[part_idx] = _objects(make(part_idx, False))
+    lines[full_idx] = object_array(make(full_idx, True))
+    lines[part_idx] = object_array(make(part_idx, False))
     return _encode_lines(lines.tolist())
 
 

@@ -61,6 +61,7 @@ from sim._payloads import (
     encode_traffic,
     format_streams,
     format_topics,
+    object_array,
     radio_noise,
     wire_sensor_ids,
 )
@@ -269,23 +270,23 @@ class Simulator:
         self._base_rssi: NDArray[np.float64] = np.zeros(fleet.n_streams)
         self._base_battery: NDArray[np.float64] = np.zeros(fleet.n_streams)
         if fmt == "senml":
-            text["bn"] = _object_array([f"urn:dev:urbanpulse:{s}:" for s in fleet.sensor_id])
+            text["bn"] = object_array([f"urn:dev:urbanpulse:{s}:" for s in fleet.sensor_id])
         elif fmt == "airrohr":
-            text["chip"] = _object_array(airrohr_chip_ids(fleet))
+            text["chip"] = object_array(airrohr_chip_ids(fleet))
             wire = wire_sensor_ids(fleet, fmt)
             self._wire = {a: b for a, b in zip(fleet.sensor_id, wire, strict=True) if a != b}
             # WiFi RSSI -85..-50 dBm per node.
             self._base_rssi[:] = np.rint(-85.0 + 35.0 * unit_uniform(derive(key, 903)))
         elif fmt == "ttn":
-            text["device"] = _object_array(list(fleet.sensor_id))
-            text["app"] = _object_array(
+            text["device"] = object_array(list(fleet.sensor_id))
+            text["app"] = object_array(
                 [f"{fleet.city}-{fleet.district(i)}" for i in range(fleet.n_streams)]
             )
-            text["gateway"] = _object_array(
+            text["gateway"] = object_array(
                 [f"gw-{fleet.district(i)}" for i in range(fleet.n_streams)]
             )
             eui = (derive(key, 905) & np.uint64(0xFFFFFF)).tolist()
-            text["eui"] = _object_array([f"70B3D57ED0{e:06X}" for e in eui])
+            text["eui"] = object_array([f"70B3D57ED0{e:06X}" for e in eui])
             # LoRa RSSI -118..-75 dBm per node; a healthy Li-ion cell 3.95-4.15 V.
             self._base_rssi[:] = np.rint(-118.0 + 43.0 * unit_uniform(derive(key, 903)))
             self._base_battery[:] = 3.95 + 0.2 * unit_uniform(derive(key, 904))
@@ -437,10 +438,12 @@ class Simulator:
             other = self._in_format[s]
             native = np.flatnonzero(~other)
             if native.shape[0] == s.shape[0]:
-                payloads[ai] = _objects(encode_air(stamp[ai], air_values, full=full, ts_format=fmt))
+                payloads[ai] = object_array(
+                    encode_air(stamp[ai], air_values, full=full, ts_format=fmt)
+                )
             else:
                 if native.shape[0]:
-                    payloads[ai[native]] = _objects(
+                    payloads[ai[native]] = object_array(
                         encode_air(
                             stamp[ai[native]],
                             _rows(air_values, native),
@@ -449,7 +452,7 @@ class Simulator:
                         )
                     )
                 sel = np.flatnonzero(other)
-                payloads[ai[sel]] = _objects(
+                payloads[ai[sel]] = object_array(
                     self._encode_format(s[sel], t[sel], stamp[ai[sel]], _rows(air_values, sel))
                 )
         ti = np.flatnonzero(~air)
@@ -458,7 +461,7 @@ class Simulator:
             trf_values = self._values.traffic(s, t)
             if plan is not None:
                 plan.apply_traffic(s, t, trf_values)
-            payloads[ti] = _objects(
+            payloads[ti] = object_array(
                 encode_traffic(stamp[ti], trf_values, lane=self.fleet.lane[s], ts_format=fmt)
             )
         return list(zip(self._topics[sid].tolist(), payloads.tolist(), strict=True))
@@ -513,18 +516,6 @@ def _rows(values: AirColumns, idx: NDArray[np.intp]) -> AirColumns:
         temperature=values.temperature[idx],
         relative_humidity=values.relative_humidity[idx],
     )
-
-
-def _object_array(items: list[str]) -> NDArray[np.object_]:
-    out = np.empty(len(items), dtype=object)
-    out[:] = items
-    return out
-
-
-def _objects(items: list[bytes]) -> NDArray[np.object_]:
-    out = np.empty(len(items), dtype=object)
-    out[:] = items
-    return out
 
 
 class MessageSource(Protocol):
