@@ -893,24 +893,18 @@ class DeadSensorDetector(DetectorBase):
             return Detections.empty()
         dead[silent] = 1
         # by series id, whatever the allocation order of the rows
-        order = np.argsort(t.cols["sid"][:k], kind="stable")
-        last, iv, limit_s, limit_ns, silent = (
-            last[order],
-            iv[order],
-            limit_s[order],
-            limit_ns[order],
-            silent[order],
-        )
-        sid = t.cols["sid"][:k][order].astype(np.int64)[silent]
-        limit_s, iv = limit_s[silent], iv[silent]
-        n = int(sid.shape[0])
+        rows = np.flatnonzero(silent)
+        rows = rows[np.argsort(t.cols["sid"][rows], kind="stable")]
+        sid = t.cols["sid"][rows].astype(np.int64)
+        limit_s, iv = limit_s[rows], iv[rows]
+        n = int(rows.shape[0])
         return Detections(
             np.full(n, -1, np.int64),
             sid,
             np.full(n, -1, np.int16),
             np.zeros(n, np.uint8),
             np.full(n, START, np.uint8),
-            (last + limit_ns)[silent],
+            (last + limit_ns)[rows],
             limit_s,
             limit_s / np.maximum(iv, cfg.floor_interval_s),
             iv,
