@@ -386,35 +386,32 @@ class Simulator:
         sid = sid[order]
         t = t[order]
         plan = self.plan
+        keep: NDArray[np.bool_] | None = None
         if plan is None:
             if limit is not None and total > limit:
                 sid, t = sid[:limit], t[:limit]
-            self._next += np.bincount(sid, minlength=self._next.shape[0]) * self._interval
-            m = int(sid.shape[0])
-            self.emitted += m
-            if self._remaining is not None:
-                self._remaining -= m
-            self.last_event_ns = int(t[-1])
-            return self._encode(sid, t - t % 1_000_000)
-        # With a scenario: slots inside a dropout are consumed but send nothing,
-        # and count/limit apply to what is sent.
-        # Look at no more slots than needed: the first `limit`, more if some are dropped.
-        look = total if limit is None else min(total, limit)
-        while True:
-            nominal = t[:look] - t[:look] % 1_000_000
-            reading = plan.reading_ns(sid[:look], nominal)
-            keep = plan.kept(sid[:look], reading)
-            kept = int(keep.sum())
-            if limit is None or kept >= limit or look == total:
-                break
-            look = min(total, 2 * look + (limit - kept))
-        sid, t = sid[:look], t[:look]
-        if limit is not None and kept > limit:
-            cut = int(np.searchsorted(np.cumsum(keep), limit, side="left")) + 1
-            sid, t, reading, keep = sid[:cut], t[:cut], reading[:cut], keep[:cut]
+            reading = t - t % 1_000_000
+        else:
+            # With a scenario: slots inside a dropout are consumed but send nothing,
+            # and count/limit apply to what is sent.
+            # Look at no more slots than needed: the first `limit`, more if some are dropped.
+            look = total if limit is None else min(total, limit)
+            while True:
+                nominal = t[:look] - t[:look] % 1_000_000
+                reading = plan.reading_ns(sid[:look], nominal)
+                keep = plan.kept(sid[:look], reading)
+                kept = int(keep.sum())
+                if limit is None or kept >= limit or look == total:
+                    break
+                look = min(total, 2 * look + (limit - kept))
+            sid, t = sid[:look], t[:look]
+            if limit is not None and kept > limit:
+                cut = int(np.searchsorted(np.cumsum(keep), limit, side="left")) + 1
+                sid, t, reading, keep = sid[:cut], t[:cut], reading[:cut], keep[:cut]
         self._next += np.bincount(sid, minlength=self._next.shape[0]) * self._interval
         self.last_event_ns = int(t[-1])
-        sid, reading = sid[keep], reading[keep]
+        if keep is not None:
+            sid, reading = sid[keep], reading[keep]
         m = int(sid.shape[0])
         self.emitted += m
         if self._remaining is not None:
