@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import itertools
 import math
 import random
 from collections import defaultdict
@@ -14,15 +13,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
+from test_windows import Reading, batch_of, split
 
 from processors._rolling import HOUR_NS, RollingHours, RollingSpec, mean_with_coverage
-from urbanpulse import Metric, ReadingBatch
+from urbanpulse import Metric
 
 T0 = 1_700_000_000 * 10**9 // HOUR_NS * HOUR_NS  # an hour boundary
 SPEC = RollingSpec.of({Metric.PM25: 4, Metric.CO: 2, Metric.NO2: 1})
 TRACKED = (int(Metric.PM25), int(Metric.CO), int(Metric.NO2))
-
-Reading = tuple[int, int, int, float]  # sid, metric, ts_ns, value
 
 
 class RefRolling:
@@ -65,23 +63,6 @@ class RefRolling:
         if len(present) < max(1, math.ceil(coverage * n - 1e-9)):
             return math.nan
         return math.fsum(present) / len(present)
-
-
-def batch_of(readings: list[Reading]) -> ReadingBatch:
-    if not readings:
-        return ReadingBatch.empty()
-    sid, metric, ts, value = zip(*readings, strict=True)
-    return ReadingBatch(
-        sid=np.array(sid, np.int32),
-        metric=np.array(metric, np.uint8),
-        ts_ns=np.array(ts, np.int64),
-        value=np.array(value, np.float64),
-    )
-
-
-def split(readings: list[Reading], cuts: list[int]) -> list[list[Reading]]:
-    bounds = sorted({min(c, len(readings)) for c in cuts} | {0, len(readings)})
-    return [readings[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 @st.composite
