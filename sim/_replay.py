@@ -42,6 +42,7 @@ from numpy.typing import NDArray
 
 from sim._payloads import TimestampFormat, format_timestamps
 from sim._runner import Message, Publisher, SimProgress, SimStats, SleepFn, pace
+from sim._scenario import aware_ns
 from urbanpulse._batch import SeriesKey
 from urbanpulse._clock import Clock
 from urbanpulse._errors import ConfigError
@@ -107,7 +108,7 @@ def _parse_time(text: str, where: str) -> int:
         raise ConfigError(f"{where}: cannot read time {text!r}") from exc
     if dt.tzinfo is None:
         raise ConfigError(f"{where}: time {text!r} has no UTC offset")
-    return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
+    return aware_ns(dt)
 
 
 def _key(city: str, district: str, kind: str, sensor_id: str, lane: int, where: str) -> SeriesKey:

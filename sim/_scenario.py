@@ -81,6 +81,7 @@ __all__ = [
     "Scenario",
     "SpikeFault",
     "StuckFault",
+    "aware_ns",
     "load_scenario",
     "random_scenario",
 ]
@@ -102,6 +103,11 @@ Seconds = Annotated[float, Field(gt=0.0, le=366 * 86400.0)]
 Offset = Annotated[float, Field(ge=-366 * 86400.0, le=10 * 366 * 86400.0)]
 
 
+def aware_ns(dt: datetime) -> int:
+    """A timezone-aware datetime in ns since the epoch (exact to the microsecond)."""
+    return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
+
+
 class _Fault(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -119,7 +125,7 @@ class _Fault(BaseModel):
     def start_ns(self, origin_ns: int) -> int:
         """Start in ns since the epoch, floored to the millisecond."""
         if self.start is not None:
-            ns = int(self.start.timestamp()) * 1_000_000_000 + self.start.microsecond * 1000
+            ns = aware_ns(self.start)
         else:
             assert self.start_s is not None
             ns = origin_ns + round(self.start_s * 1e9)
@@ -233,10 +239,7 @@ class Scenario(BaseModel):
     faults: list[Fault] = []
 
     def origin_ns(self, run_start_ns: int) -> int:
-        if self.origin is None:
-            return run_start_ns
-        o = self.origin
-        return int(o.timestamp()) * 1_000_000_000 + o.microsecond * 1000
+        return run_start_ns if self.origin is None else aware_ns(self.origin)
 
 
 def load_scenario(path: str | Path) -> Scenario:
