@@ -36,7 +36,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import numpy as np
-from _load import CpuMeter, loadavg
+from _load import CpuMeter, cpu_model, loadavg
 
 from processors._detect_core import BatchPlan, DetectorBase
 from processors._detect_humid import HumidityDetector
@@ -193,15 +193,8 @@ def best_of(run: Callable[[T], object], setup: Callable[[], T], repeat: int) -> 
 
 
 def machine() -> str:
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        model = next(
-            (ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if "Model name" in ln), "?"
-        )
-    except OSError:
-        model = "?"
-    py, npv = platform.python_version(), np.__version__
-    return f"{model}, nproc {os.cpu_count()}, Python {py}, numpy {npv}, numba {numba_version()}"
+    py, npv, nb = platform.python_version(), np.__version__, numba_version()
+    return f"{cpu_model()}, nproc {os.cpu_count()}, Python {py}, numpy {npv}, numba {nb}"
 
 
 _JIT_PROBE = """

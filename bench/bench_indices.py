@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from _load import loadavg
+from _load import cpu_model, loadavg
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT)]
@@ -86,18 +86,9 @@ def best_of(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
 
 
 def machine() -> list[tuple[str, str]]:
-    cpu = "?"
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     return [
         ("date (UTC)", dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M")),
-        ("CPU", f"{os.cpu_count()} cores, {cpu}"),
+        ("CPU", f"{os.cpu_count()} cores, {cpu_model()}"),
         ("kernel", platform.release()),
         ("python / numpy", f"{platform.python_version()} / {np.__version__}"),
         ("load average", loadavg()),
