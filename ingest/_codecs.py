@@ -35,7 +35,7 @@ from ingest._topics import (
 )
 from ingest._units import UNIT_SYMBOLS, Unit, convertible, parse_unit
 from urbanpulse._errors import DecodeError
-from urbanpulse._schema import METRIC_INFO, Kind, Metric
+from urbanpulse._schema import METRIC_BY_FIELD, METRIC_INFO, Kind
 
 __all__ = [
     "AIRROHR_NAMES",
@@ -75,13 +75,12 @@ CODEC_REASONS: Final = (
     "ttn_no_decoded_payload",
 )
 
-_FIELD_METRIC: Final[dict[str, Metric]] = {info.field: m for m, info in METRIC_INFO.items()}
 
 #: Name maps: payload name -> ``"<field>"``, ``"<field>[<unit symbol>]"`` (the unit the
 #: device sends when the payload does not say), or ``""`` (known, deliberately ignored).
 NameMap = Mapping[str, str]
 
-_NATIVE_SELF: Final[dict[str, str]] = {f: f for f in _FIELD_METRIC}
+_NATIVE_SELF: Final[dict[str, str]] = {f: f for f in METRIC_BY_FIELD}
 
 SENML_NAMES: Final[dict[str, str]] = {
     **_NATIVE_SELF,
@@ -312,9 +311,11 @@ def _compile_names(defaults: Mapping[str, str], names: Mapping[str, str]) -> dic
             if parsed is None:
                 raise ValueError(f"names.{key}: unknown unit {symbol!r}")
             unit = parsed
-        if name not in _FIELD_METRIC:
-            raise ValueError(f"names.{key}: {name!r} is not a metric ({', '.join(_FIELD_METRIC)})")
-        if not convertible(_FIELD_METRIC[name], unit):
+        if name not in METRIC_BY_FIELD:
+            raise ValueError(
+                f"names.{key}: {name!r} is not a metric ({', '.join(METRIC_BY_FIELD)})"
+            )
+        if not convertible(METRIC_BY_FIELD[name], unit):
             raise ValueError(f"names.{key}: unit {spec!r} cannot express {name}")
         out[key] = _Target(name, unit)
     return out
@@ -371,7 +372,7 @@ def _put(row: CodecRow, target: _Target, value: float, unit: Unit, source: str) 
 
 
 def _metric_of(target: _Target, kind: Kind) -> bool:
-    return METRIC_INFO[_FIELD_METRIC[target.field]].kind is kind
+    return METRIC_INFO[METRIC_BY_FIELD[target.field]].kind is kind
 
 
 # -- SenML -------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ from sim._scenario import (
 )
 from sim._values import AirColumns, TrafficColumns, ValueModel
 from urbanpulse._errors import ConfigError
-from urbanpulse._schema import Kind, Metric
+from urbanpulse._schema import METRIC_BY_FIELD, Kind, Metric
 
 __all__ = ["FaultPlan", "compile_scenario"]
 
@@ -67,7 +67,6 @@ _FOG_RAMP_NS: Final = 20 * 60 * 1_000_000_000
 HAZE, FOG, INCIDENT, SPIKE, STUCK, OUT_OF_RANGE, DROPOUT, SKEW, POWER = range(9)
 #: Share of an interval a power fault may delay a reading (less twice the jitter).
 _POWER_DELAY: Final = 0.45
-_METRIC_BY_FIELD: Final = {m.field: m for m in Metric}
 _AIR_ATTR: Final = {
     Metric.PM25: "pm25",
     Metric.PM10: "pm10",
@@ -420,7 +419,7 @@ def compile_scenario(
                 f"faults[{n}]: sensor {fleet.sensor_id[stream]!r} "
                 f"({MODEL_NAMES[int(fleet.model[stream])]}) does not report {metric!r}"
             )
-        return int(_METRIC_BY_FIELD[metric])
+        return int(METRIC_BY_FIELD[metric])
 
     for n, f in enumerate(scenario.faults):
         if isinstance(f, HazeFault):
@@ -470,7 +469,7 @@ def compile_scenario(
                 raise ConfigError(f"faults[{n}]: out_of_range needs an air sensor")
             lo, hi = f.span_ns(origin)
             for metric in ("pm25", "pm10") if f.metric == "both" else (f.metric,):
-                b.add(st, lo, hi, OUT_OF_RANGE, int(_METRIC_BY_FIELD[metric]))
+                b.add(st, lo, hi, OUT_OF_RANGE, int(METRIC_BY_FIELD[metric]))
                 label(st[0], "out_of_range", lo, hi, n, metric=metric)
         elif isinstance(f, IncidentFault):
             st = sensor_streams(n, f.sensor_id, f.lane)

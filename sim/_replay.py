@@ -46,11 +46,10 @@ from sim._scenario import aware_ns
 from urbanpulse._batch import SeriesKey
 from urbanpulse._clock import Clock
 from urbanpulse._errors import ConfigError
-from urbanpulse._schema import METRIC_INFO, N_METRICS, Kind, Metric
+from urbanpulse._schema import METRIC_BY_FIELD, METRIC_INFO, N_METRICS, Kind, Metric
 
 __all__ = ["Recording", "Replayer", "read_csv", "read_line_protocol", "run_replay"]
 
-_FIELD_METRIC: Final = {METRIC_INFO[m].field: m for m in Metric}
 _INT_FIELDS: Final = frozenset({Metric.INTENSITY})
 
 
@@ -140,7 +139,7 @@ def read_csv(path: str | Path, *, city: str = "replay") -> Recording:
         time_col = next((c for c in ("ts_ns", "ts", "dateObserved") if c in cols), None)
         if time_col is None:
             raise ConfigError(f"{p}: no time column (ts_ns, ts or dateObserved)")
-        metric_cols = [(c, int(_FIELD_METRIC[c])) for c in cols if c in _FIELD_METRIC]
+        metric_cols = [(c, int(METRIC_BY_FIELD[c])) for c in cols if c in METRIC_BY_FIELD]
         if not metric_cols:
             raise ConfigError(f"{p}: no metric columns (e.g. pm25, intensity)")
         lane_col = "lane" if "lane" in cols else ("laneId" if "laneId" in cols else None)
@@ -235,7 +234,7 @@ def read_line_protocol(path: str | Path) -> Recording:
         try:
             for pair in _split(parts[1], ","):
                 k, _, v = pair.partition("=")
-                m = _FIELD_METRIC.get(_unescape(k))
+                m = METRIC_BY_FIELD.get(_unescape(k))
                 if m is None or v.startswith('"'):
                     continue
                 vals[m] = float(v[:-1] if v[-1:] in ("i", "u") else v)

@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 __all__ = [
     "HARD_LIMITS",
     "KIND_METRICS",
+    "METRIC_BY_FIELD",
     "METRIC_INFO",
     "N_METRICS",
     "Kind",
@@ -112,6 +113,9 @@ KIND_METRICS: Final[dict[Kind, tuple[Metric, ...]]] = {
     kind: tuple(m for m in Metric if METRIC_INFO[m].kind is kind) for kind in Kind
 }
 
+#: Payload field name (FIWARE) -> metric.
+METRIC_BY_FIELD: Final[dict[str, Metric]] = {info.field: m for m, info in METRIC_INFO.items()}
+
 HARD_LIMITS: Final[dict[str, tuple[float, float]]] = {
     info.field: (info.low, info.high) for info in METRIC_INFO.values()
 }
@@ -123,10 +127,9 @@ def hard_limit_arrays(
     """(low, high) arrays indexed by metric code, with per-field overrides applied."""
     low = np.array([METRIC_INFO[m].low for m in Metric], dtype=np.float64)
     high = np.array([METRIC_INFO[m].high for m in Metric], dtype=np.float64)
-    by_field = {info.field: m for m, info in METRIC_INFO.items()}
     for name, (lo, hi) in (overrides or {}).items():
-        if name not in by_field:
+        if name not in METRIC_BY_FIELD:
             raise ValueError(f"unknown metric {name!r} in limits")
-        low[by_field[name]] = lo
-        high[by_field[name]] = hi
+        low[METRIC_BY_FIELD[name]] = lo
+        high[METRIC_BY_FIELD[name]] = hi
     return low, high
