@@ -7,11 +7,9 @@ Tests marked ``integration`` use the session-scoped server fixtures of
 from __future__ import annotations
 
 import gzip
-import http.server
 import math
 import random
 import socket
-import threading
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -22,7 +20,14 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import InfluxDB2Instance
-from servers import InfluxDB1Server, MosquittoServer, VictoriaMetricsServer, free_port
+from servers import (
+    InfluxDB1Server,
+    MosquittoServer,
+    QuietHandler,
+    VictoriaMetricsServer,
+    free_port,
+    http_server,
+)
 
 from outputs import (
     InfluxV1Options,
@@ -420,8 +425,8 @@ class Scripted:
 def scripted() -> Iterator[Scripted]:
     state = Scripted(replies=[])
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
+    class Handler(QuietHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the stdlib handler's name
             length = int(self.headers.get("Content-Length", "0"))
             body = self.rfile.read(length)
             if self.headers.get("Content-Encoding") == "gzip":
@@ -437,18 +442,9 @@ def scripted() -> Iterator[Scripted]:
             self.end_headers()
             self.wfile.write(reply)
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with http_server(Handler) as server:
+        state.url = f"http://127.0.0.1:{server.server_address[1]}"
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _writers(url: str) -> list[InfluxV1Writer | InfluxV2Writer]:
